@@ -1,0 +1,5 @@
+import sys
+
+from worldclip.cli import main
+
+sys.exit(main())

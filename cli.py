@@ -1,0 +1,113 @@
+"""The `worldclip` command: the only face of the platform.
+
+    worldclip <stage> [--config FILE ...] [key=value ...]
+
+Every stage reads one resolved config (platform/config.py), runs on a local embedded Ray or
+the cluster named by ray.address, and saves the resolved config next to its output.
+`worldclip submit <stage> ...` runs the same stage as a Ray job on a cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from typing import Any
+
+# stage -> (module, function, help). Modules are imported only when their stage runs, so
+# `worldclip --help` stays instant and a stage never pays for another's imports.
+STAGES: dict[str, tuple[str, str, str]] = {
+    "world": ("worldclip.pipelines.world", "run", "write the embedded worldwide web to storage"),
+    "metadata": ("worldclip.pipelines.metadata_build", "run",
+                 "build per-language metadata (concept vocabularies) from offline sources"),
+    "curate": ("worldclip.pipelines.curate", "run",
+               "LID -> per-language matching -> global counts -> t_lang -> balanced sample"),
+    "rebalance": ("worldclip.pipelines.curate", "run_rebalance",
+                  "re-sample with new thresholds from stored matches and counts (no matching)"),
+    "train": ("worldclip.pipelines.train", "run",
+              "train MetaClip2 on Ray Train + DeepSpeed ZeRO from the curated stream"),
+    "export": ("worldclip.pipelines.train", "run_export",
+               "consolidate a checkpoint into a HF save_pretrained directory"),
+    "eval": ("worldclip.pipelines.evaluate", "run",
+             "zero-shot classification and retrieval per language"),
+    "demo": ("worldclip.pipelines.demo", "run",
+             "the whole mission on the embedded default: world -> curate -> train -> eval"),
+    "tune": ("worldclip.pipelines.tune", "run",
+             "Ray Tune sweep of balancing thresholds against zero-shot accuracy"),
+}
+JOB_COMMANDS = {
+    "submit": "submit a stage as a Ray job: worldclip submit <stage> [key=value ...]",
+    "jobs": "Ray jobs: worldclip jobs status|logs|stop|list [JOB_ID]",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="worldclip",
+        description="Ray-native MetaCLIP 2: curate worldwide image-text data and train "
+                    "multilingual CLIP with DeepSpeed ZeRO.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="stages:\n" + "\n".join(f"  {k:<10} {v[2]}" for k, v in STAGES.items())
+               + "\n" + "\n".join(f"  {k:<10} {v}" for k, v in JOB_COMMANDS.items())
+               + "\n\noverrides: key=value in OmegaConf dotlist form, e.g. curation.p=0.1 "
+                 "train.zero_stage=3",
+    )
+    p.add_argument("stage", choices=[*STAGES, *JOB_COMMANDS], metavar="stage",
+                   help="one of: " + ", ".join([*STAGES, *JOB_COMMANDS]))
+    p.add_argument("args", nargs="*", help="key=value overrides (and sub-commands for jobs)")
+    p.add_argument("--config", "-c", action="append", default=[],
+                   help="YAML config file or preset name in configs/ (repeatable)")
+    p.add_argument("--out", help="shortcut for the stage's output URL (e.g. world.out)")
+    p.add_argument("--pairs", type=int, help="shortcut for world.pairs")
+    p.add_argument("--compare", action="store_true",
+                   help="demo: also train on unbalanced / one-t data and compare")
+    p.add_argument("--verbose", "-v", action="store_true")
+    return p
+
+
+_OUT_KEY = {"world": "world.out", "curate": "curation.out", "rebalance": "curation.out",
+            "train": "train.out", "eval": "eval.out", "demo": "storage.root",
+            "tune": "tune.out", "metadata": "metadata.out"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from worldclip.platform.config import ConfigError, apply_storage, load_config
+
+    if args.stage in JOB_COMMANDS:
+        from worldclip.platform import jobs
+
+        return jobs.cli(args.stage, args.args, args.config)
+
+    overrides = [a for a in args.args if "=" in a]
+    extra = [a for a in args.args if "=" not in a]
+    if args.out:
+        overrides.append(f"{_OUT_KEY.get(args.stage, 'storage.root')}={args.out}")
+    if args.pairs:
+        overrides.append(f"world.pairs={args.pairs}")
+    if args.compare:
+        overrides.append("demo.compare=true")
+    module_name, fn_name, _ = STAGES[args.stage]
+    module = importlib.import_module(module_name)
+    try:
+        if hasattr(module, "load_stage_config"):  # stages with their own extra config section
+            cfg = module.load_stage_config(overrides, args.config)
+        else:
+            cfg = load_config(overrides, args.config)
+    except ConfigError as e:
+        print(f"worldclip {args.stage}: {e}", file=sys.stderr)
+        return 2
+    apply_storage(cfg)
+    fn = getattr(module, fn_name)
+    result: Any = fn(cfg, extra) if extra else fn(cfg)
+    if result is not None:
+        print(json.dumps(result, indent=2, default=str, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

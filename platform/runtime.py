@@ -1,0 +1,50 @@
+"""Ray runtime: an embedded local Ray by default, or any cluster by address."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+# Variables a worker needs to reach object storage and behave like the driver. Credentials
+# travel as environment of the local workers only (never into job metadata or logs).
+FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
+                 "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                 "DS_ACCELERATOR", "OMP_NUM_THREADS", "RAY_USAGE_STATS_ENABLED",
+                 "TORCH_EXTENSIONS_DIR")
+
+
+def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    env.update(extra or {})
+    return env
+
+
+def init_ray(cfg: DictConfig | None = None) -> None:
+    """Start (or join) Ray once per process; a no-op when Ray is already up (tests, jobs)."""
+    if ray.is_initialized():
+        return
+    rc = cfg.ray if cfg is not None else None
+    address = (rc.address if rc else "") or os.environ.get("RAY_ADDRESS", "")
+    env = worker_env(dict(rc.env_vars) if rc else None)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address:
+        log.info("connecting to Ray at %s", address)
+        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+        return
+    num_cpus = rc.num_cpus if rc and rc.num_cpus else max(4, os.cpu_count() or 1)
+    # Logical CPUs > physical on small machines on purpose: Ray Data needs a CPU beside the
+    # train workers or it starves (CONVENTIONS.md).
+    log.info("starting a local Ray (num_cpus=%s)", num_cpus)
+    ray.init(num_cpus=num_cpus, include_dashboard=bool(rc and rc.include_dashboard),
+             runtime_env={"env_vars": env})
+
+
+def shutdown() -> None:
+    if ray.is_initialized():
+        ray.shutdown()

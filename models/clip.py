@@ -25,6 +25,18 @@ logger = logging.getLogger(__name__)
 LOGIT_SCALE_MAX = math.log(100.0)
 
 
+class _MetaClip2Towers(MetaClip2Model):
+    """MetaClip2Model that drops its 0-dim logit_scale before its constructor returns.
+
+    deepspeed.zero.Init partitions a module's parameters right after its outermost __init__;
+    removing the parameter there (not later in the wrapper) keeps ZeRO-3 from ever seeing it.
+    """
+
+    def __init__(self, config: MetaClip2Config):
+        super().__init__(config)
+        del self._parameters["logit_scale"]
+
+
 class ClipModel(nn.Module):
     """Two-tower CLIP: `forward` returns normalised image/text features and exp(logit scale).
 
@@ -43,8 +55,8 @@ class ClipModel(nn.Module):
         init = config.logit_scale_init_value
         init = LOGIT_SCALE_INIT if init is None else float(init)
         # The value comes from the config, not the HF parameter: under deepspeed.zero.Init
-        # that parameter is already partitioned (empty) here.
-        self._attach(MetaClip2Model(config), torch.full((1,), init))
+        # parameters are partitioned (empty) once built.
+        self._attach(_MetaClip2Towers(config), torch.full((1,), init))
         if flag if gradient_checkpointing is None else gradient_checkpointing:
             self.gradient_checkpointing_enable()
 
@@ -61,11 +73,8 @@ class ClipModel(nn.Module):
         if "logit_scale" in hf_model._parameters:
             del hf_model._parameters["logit_scale"]
         self.model = hf_model
-        dtype = next(hf_model.parameters()).dtype
-        device = next(hf_model.parameters()).device
-        if device.type == "meta":
-            logit_scale = logit_scale.to("meta")
-        self.logit_scale = nn.Parameter(logit_scale.to(device=device, dtype=dtype))
+        ref = next(hf_model.parameters())
+        self.logit_scale = nn.Parameter(logit_scale.to(device=ref.device, dtype=ref.dtype))
 
     @property
     def config(self) -> MetaClip2Config:
@@ -151,12 +160,7 @@ def to_hf(model: ClipModel) -> MetaClip2Model:
 
 def _is_no_decay(name: str, param: nn.Parameter) -> bool:
     leaf = name.rsplit(".", 1)[-1]
-    return (
-        param.ndim < 2
-        or leaf == "bias"
-        or "norm" in name.lower()
-        or "logit_scale" in name
-    )
+    return param.ndim < 2 or leaf == "bias" or "norm" in name.lower() or "logit_scale" in name
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

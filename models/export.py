@@ -20,8 +20,12 @@ from worldclip.models.tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "sentencepiece.bpe.model",
-                    "spiece.model")
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+)
 
 
 def save_hf(
@@ -45,9 +49,10 @@ def load_hf(
     """Load a save_pretrained directory from safetensors only (never pickle) as a ClipModel,
     with its tokenizer when the directory has one."""
     src = Path(path)
-    if not (src / "model.safetensors").exists() and not (
-        src / "model.safetensors.index.json"
-    ).exists():
+    if (
+        not (src / "model.safetensors").exists()
+        and not (src / "model.safetensors.index.json").exists()
+    ):
         raise FileNotFoundError(
             f"load_hf {str(path)!r}: no model.safetensors(.index.json) there; pass a directory "
             f"written by save_hf or MetaClip2Model.save_pretrained"

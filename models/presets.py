@@ -72,6 +72,7 @@ def _preset(
 
 # Head counts: open_clip's vision tower uses head_width 64 unless the json says otherwise
 # (H/14: 80 -> 16 heads; bigG/14: 104 -> 16 heads, mlp_ratio 4.9231 -> 8192).
+# fmt: off
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": _preset(
         embed=64, image_size=32, patch=8, v_width=64, v_layers=2, v_heads=2,
@@ -106,6 +107,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         t_width=1280, t_layers=32, t_heads=20,
     ),
 }
+# fmt: on
 
 
 def _canonical_name(preset: str) -> str:
@@ -118,9 +120,7 @@ def _canonical_name(preset: str) -> str:
     table = {squash(name): name for name in PRESETS}
     key = squash(str(preset))
     if key not in table:
-        raise ValueError(
-            f"model preset {preset!r} is unknown: choose one of {', '.join(PRESETS)}"
-        )
+        raise ValueError(f"model preset {preset!r} is unknown: choose one of {', '.join(PRESETS)}")
     return table[key]
 
 
@@ -128,7 +128,9 @@ def _field_names(config_cls: type) -> set[str]:
     return {f.name for f in dataclasses.fields(config_cls)}
 
 
-def _merge_checked(base: dict[str, Any], extra: dict[str, Any], config_cls: type, where: str) -> None:
+def _merge_checked(
+    base: dict[str, Any], extra: dict[str, Any], config_cls: type, where: str
+) -> None:
     """Merge overrides, refusing unknown keys: MetaClip2Config would silently keep a typo."""
     allowed = _field_names(config_cls)
     for key, value in extra.items():
@@ -140,9 +142,7 @@ def _merge_checked(base: dict[str, Any], extra: dict[str, Any], config_cls: type
         base[key] = value
 
 
-def preset_kwargs(
-    preset: str, vocab_size: int | None = None, **overrides: Any
-) -> dict[str, Any]:
+def preset_kwargs(preset: str, vocab_size: int | None = None, **overrides: Any) -> dict[str, Any]:
     """The MetaClip2Config kwargs of a preset with vocab_size and overrides applied.
 
     Overrides are top-level config fields (projection_dim, logit_scale_init_value, ...) or
@@ -151,9 +151,14 @@ def preset_kwargs(
     kwargs = copy.deepcopy(PRESETS[_canonical_name(preset)])
     if vocab_size is not None:
         if int(vocab_size) <= EOS_TOKEN_ID:
-            raise ValueError(f"model vocab_size={vocab_size}: must exceed the eos id {EOS_TOKEN_ID}")
+            raise ValueError(
+                f"model vocab_size={vocab_size}: must exceed the eos id {EOS_TOKEN_ID}"
+            )
         kwargs["text_config"]["vocab_size"] = int(vocab_size)
-    for sub, cls in (("vision_config", MetaClip2VisionConfig), ("text_config", MetaClip2TextConfig)):
+    for sub, cls in (
+        ("vision_config", MetaClip2VisionConfig),
+        ("text_config", MetaClip2TextConfig),
+    ):
         extra = overrides.pop(sub, None) or {}
         _merge_checked(kwargs[sub], dict(extra), cls, f"{sub}.")
     _merge_checked(kwargs, overrides, MetaClip2Config, "")

@@ -57,6 +57,8 @@ class WorldConfig:
     eval_per_concept: int = 4
     formats: list[str] = field(default_factory=lambda: ["wds", "parquet"])
     seed: int = 0
+    # 1: write shards in this process; N > 1: N Ray tasks (same bytes, shards are independent).
+    workers: int = 1
 
 
 @dataclass
@@ -64,7 +66,10 @@ class CurationConfig:
     # Raw shards: a glob of .tar (WebDataset) or .parquet files.
     input: str = "${world.out}/raw/wds/*.tar"
     metadata: str = "${world.out}/metadata"
+    # Matching output (match index + global counts), shared by every rebalance.
     out: str = "${storage.root}/curated"
+    # Balanced output of this run (offline shards or online index + data card + plots).
+    balanced_out: str = "${curation.out}/balanced"
     lid_backend: str = "fasttext"  # fasttext | langdetect
     # LID label -> metadata group overrides, e.g. {"zh-tw": "zh"}.
     language_map: dict[str, str] = field(default_factory=dict)
@@ -85,8 +90,8 @@ class CurationConfig:
 
 @dataclass
 class TrainConfig:
-    data: str = "${curation.out}"
-    out: str = "${storage.root}/runs/train"
+    data: str = "${curation.balanced_out}"
+    out: str = "${storage.root}/runs"
     name: str = "worldclip"
     preset: str = "tiny"
     tokenizer: str = ""  # HF tokenizer dir or id; "" -> train one on the curated captions

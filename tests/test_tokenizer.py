@@ -121,9 +121,13 @@ def test_check_tokenizer_against_config(trained):
         check_tokenizer(build_config("tiny", text_config={"eos_token_id": 5}), tokenizer)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(texts=st.lists(st.text(max_size=300), min_size=1, max_size=6),
-       length=st.integers(min_value=2, max_value=40))
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    texts=st.lists(st.text(max_size=300), min_size=1, max_size=6),
+    length=st.integers(min_value=2, max_value=40),
+)
 def test_one_eos_per_row_property(trained, texts, length):
     tokenizer, _ = trained
     _check_rows(tokenize(tokenizer, texts, context_length=length), length=length)

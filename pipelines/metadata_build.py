@@ -18,7 +18,8 @@ Sources, each optional:
   views. Both are counted by a Ray Data job (read -> map_batches -> groupby-sum).
 - wordfreq: when a language has no Wikipedia counts, its wordfreq list stands in for the
   unigrams, with count = frequency x WORDFREQ_NOMINAL_TOKENS (only the order matters; the
-  10 % cap applies to the number of distinct words in the list).
+  10 % cap applies to the number of distinct words in the list, less wordfreq's "0"
+  placeholders for numbers).
 
 Tokenisation of dump text follows the reference: split on whitespace, and make each
 "no-space" character (CJK, Thai, Lao, Myanmar, Khmer, Tibetan, punctuation;
@@ -62,7 +63,7 @@ from omegaconf import DictConfig
 from worldclip.pipelines.lid import OTHER, LanguageMap
 from worldclip.pipelines.matching import NOSPACE_PUNCTUATION, NOSPACE_RANGES, is_nospace_char
 from worldclip.platform import storage
-from worldclip.platform.config import ConfigError
+from worldclip.platform.config import ConfigError, save_config
 
 __all__ = [
     "FASTTEXT_LID176_LABELS",
@@ -213,7 +214,7 @@ def count_ngrams(tokens: Sequence[str], counts: NgramCounts | None = None) -> Ng
 
 
 _WIKI_HOST_RE = re.compile(r"^(?:https?://)?([a-z0-9-]+)\.(?:m\.)?wikipedia\.org", re.I)
-_PATH_CODE_RE = re.compile(r"^([a-z]{2,3}(?:[_-][a-z]+)*|simple)(?:wiki.*|_text)?$")
+_PATH_CODE_RE = re.compile(r"^([a-z]{2,3}(?:[_-][a-z]+)*?|simple)(?:wiki.*|_text)?$")
 
 
 def wiki_code_from_url(url: str) -> str | None:
@@ -377,7 +378,10 @@ def _ray_counts(url_glob: str, what: str, fn: Any) -> dict[tuple[str, str], Coun
     log.info("counting %s: %d files", what, len(paths))
     ds = ray.data.read_binary_files(paths, filesystem=fs, include_paths=True)
     counted = ds.map_batches(fn, batch_size=1, batch_format="numpy")
-    summed = counted.groupby(["lang", "kind", "key"]).sum("count")
+    # a partition per file up to 2 per CPU: the default (200) costs seconds on small inputs
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    partitions = max(1, min(len(paths), 2 * cpus))
+    summed = counted.groupby(["lang", "kind", "key"], num_partitions=partitions).sum("count")
     out: dict[tuple[str, str], Counter[str]] = {}
     for b in summed.iter_batches(batch_format="pyarrow", batch_size=65536):
         cols = b.to_pydict()
@@ -822,12 +826,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "groups_file": "groups.json",
     }
     storage.write_json(storage.join(out, "manifest.json"), manifest)
-    try:
-        from worldclip.platform.config import save_config
-
-        save_config(cfg, out)
-    except Exception as e:  # the metadata is written; a config copy is a convenience
-        log.warning("could not save config.yaml beside %s: %s", out, e)
+    save_config(cfg, out)
     log.info("metadata: %d groups, %d entries in %.1fs -> %s", len(languages),
              sum(v["entries"] for v in languages.values()), seconds, out)
     return {"out": out, "groups": len(languages), "build_seconds": round(seconds, 2),

@@ -118,8 +118,13 @@ class TrainConfig:
     crop_scale_min: float = 0.9
     checkpoint_every: int = 0  # steps; 0 -> end of every epoch
     max_failures: int = 2
+    keep_checkpoints: int = 2
     seed: int = 0
     log_every: int = 10
+    ingest_concurrency: int = 1  # Ray Data preprocessing actors per train worker
+    # Testing hook: SIGKILL the last train worker once at this step (0 = off), to prove that
+    # a run survives worker loss.
+    fail_at_step: int = 0
 
 
 @dataclass

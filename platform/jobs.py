@@ -169,6 +169,9 @@ def job_config(cfg: DictConfig) -> DictConfig:
 def _env_vars(cfg: DictConfig, environ: Mapping[str, str], extra_env: list[str],
               forward_credentials: bool) -> dict[str, str]:
     env = {k: environ[k] for k in FORWARDED_ENV if environ.get(k)}
+    # A stage's own ray.init(runtime_env=...) in the job driver repeats some of these keys;
+    # Ray refuses to merge overlapping keys with the job's runtime_env unless told to.
+    env["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"
     if cfg.storage.endpoint_url:
         env["AWS_ENDPOINT_URL"] = cfg.storage.endpoint_url
     if cfg.storage.region:
@@ -299,7 +302,7 @@ def wait(c: Any, job_id: str, follow: bool = True, timeout: float | None = None,
     if follow:
         try:
             asyncio.run(_tail(c, job_id, out, deadline))
-        except (OSError, RuntimeError, asyncio.TimeoutError) as e:
+        except Exception as e:  # noqa: BLE001 -- any streaming failure: fall back to polling
             log.warning("log streaming failed (%s); polling status instead", e)
     while True:
         st = c.get_job_status(job_id)
@@ -322,7 +325,7 @@ async def _tail(c: Any, job_id: str, out: Any, deadline: float | None) -> None:
     else:
         try:
             await asyncio.wait_for(follow(), max(0.0, deadline - time.monotonic()))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
 
@@ -360,7 +363,7 @@ def _parse_submit(args: list[str]) -> tuple[argparse.Namespace, list[str], list[
     p.add_argument("--out")
     p.add_argument("--pairs", type=int)
     p.add_argument("--compare", action="store_true")
-    ns = p.parse_args(args)
+    ns = p.parse_intermixed_args(args)
     overrides = [a for a in ns.rest if "=" in a]
     extra = [a for a in ns.rest if "=" not in a]
     _, out_keys = _stage_table()
@@ -386,6 +389,8 @@ def cli(command: str, args: list[str], config_files: list[str]) -> int:
     except ConfigError as e:
         print(f"worldclip {command}: {e}", file=sys.stderr)
         return 2
+    except SystemExit as e:  # argparse usage errors and --help
+        return e.code if isinstance(e.code, int) else 2
 
 
 def _cli_submit(args: list[str], config_files: list[str]) -> int:

@@ -263,3 +263,37 @@ def remove(url: str, recursive: bool = False) -> None:
     path = strip_scheme(url)
     if fs.exists(path):
         retry(lambda: fs.rm(path, recursive=recursive), what=f"remove {url}")
+
+
+def local_dir(url: str, cache_root: str | None = None) -> str:
+    """A local directory with the contents of url: the path itself when local, else a
+    download (cached per URL under cache_root or the temp dir)."""
+    if not is_s3(url):
+        return strip_scheme(url)
+    import hashlib
+    import tempfile
+
+    root = cache_root or os.path.join(tempfile.gettempdir(), "worldclip-cache")
+    dest = os.path.join(root, hashlib.sha256(url.encode()).hexdigest()[:16])
+    if not os.path.isdir(dest):
+        tmp = f"{dest}.tmp-{uuid.uuid4().hex[:8]}"
+        fs = filesystem(url)
+        retry(lambda: fs.get(strip_scheme(url).rstrip("/") + "/", tmp, recursive=True),
+              what=f"download {url}")
+        os.makedirs(root, exist_ok=True)
+        try:
+            os.replace(tmp, dest)
+        except OSError:  # another process won the race; its copy is complete
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def upload_dir(local: str, url: str) -> None:
+    """Copy a local directory to url (files written atomically one by one)."""
+    for dirpath, _, files in os.walk(local):
+        for f in files:
+            rel = os.path.relpath(os.path.join(dirpath, f), local)
+            with open(os.path.join(dirpath, f), "rb") as fh:
+                write_bytes(join(url, *rel.split(os.sep)), fh.read())

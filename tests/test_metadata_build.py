@@ -13,6 +13,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from worldclip.pipelines import metadata_build as mb
 from worldclip.pipelines.matching import Matcher, is_nospace_char
@@ -90,7 +92,7 @@ def test_cjk_bigram_entry_has_no_inner_space_and_matches():
                            mb.Caps(bigram_min_pmi=0.0, unigram_fraction=0.0))
     bigrams = [e for e, t in zip(md.entries, md.tags, strict=True) if t == "bigram"]
     # N = 8: PMI(很 大) = PMI(的 猫) = log2(8) = 3 > PMI(东 京) = log2(2 * 8 / (2 * 2)) = 2
-    assert bigrams == ["很大", "的猫", "东京", "京的", "京很"]
+    assert bigrams == ["很大", "的猫", "东京", "京很", "京的"]  # ties by string
     assert Matcher(md.entries).match("我爱东京") >= {md.entries.index("东京")}
 
 
@@ -134,6 +136,28 @@ def test_punctuation_only_and_overlong_entries_are_skipped_without_using_the_cap
     assert md.entries[100:] == ["x" * 256, "ok"]
     assert mb.is_punctuation_only("，。") and mb.is_punctuation_only("--")
     assert not mb.is_punctuation_only("a.") and not mb.is_punctuation_only("")
+
+
+@settings(max_examples=60, deadline=None)
+@given(wordnet=st.lists(st.text(max_size=6), max_size=8),
+       unigrams=st.dictionaries(st.text(min_size=1, max_size=5), st.integers(1, 50),
+                                max_size=60),
+       titles=st.dictionaries(st.text(min_size=1, max_size=5), st.integers(1, 50),
+                              max_size=20),
+       fraction=st.floats(0.0, 1.0))
+def test_build_invariants(wordnet, unigrams, titles, fraction):
+    md = mb.build_language("en", mb.LanguageSources(wordnet=wordnet, unigrams=unigrams,
+                                                    titles=titles),
+                           mb.Caps(unigram_fraction=fraction))
+    assert md.entries[:100] == NUMS and len(md.entries) == len(set(md.entries))
+    assert all(mb._clean(e) == e for e in md.entries[100:])
+    order = [mb.SOURCE_TAGS.index(t) for t in md.tags]
+    assert order == sorted(order)  # numbers, wordnet, unigrams, bigrams, titles
+    usable = {mb._clean(w) for w in unigrams} - {None} - set(NUMS) - {
+        mb._clean(w) for w in wordnet}
+    cap = int(len(unigrams) * fraction)
+    assert md.by_source()["unigram"] == min(cap, len(usable))
+    assert md.by_source()["title"] <= int(len(titles) * 0.76)
 
 
 def test_unigram_ties_break_by_string_for_determinism():
@@ -365,6 +389,13 @@ def test_ray_counts_from_s3(ray_session, s3_prefix):
     counts = mb.count_wiki_dumps_ray(f"{s3_prefix}/dumps/*/AA/wiki_*")
     assert counts["de"].unigrams == Counter({"der": 2, "Hund": 2, "und": 1})
     assert counts["de"].bigrams["der Hund"] == 2
+    # and the metadata itself written to object storage
+    cfg = load_config([f"metadata.out={s3_prefix}/md", "metadata.languages=[ko]"])
+    mb.run(cfg)
+    manifest = storage.read_json(f"{s3_prefix}/md/manifest.json")
+    ko = storage.read_bytes(f"{s3_prefix}/md/ko.json")
+    assert manifest["languages"]["ko"]["sha256"] == hashlib.sha256(ko).hexdigest()
+    assert json.loads(ko)[:100] == NUMS
 
 
 def test_run_with_every_source(ray_session, tmp_path):
@@ -394,7 +425,7 @@ def test_run_with_every_source(ray_session, tmp_path):
     zh = json.loads((out / "zh.json").read_text())
     # zh's own list, then zh_yue's new entries (no-space bigrams, no duplicates); zh_yue's
     # title "香港" repeats its bigram, so the next title "九龍" fills the one title slot
-    assert zh == NUMS + ["犬", "狗", "东", "京", "大", "很大", "的猫", "东京", "京的", "京很",
+    assert zh == NUMS + ["犬", "狗", "东", "京", "大", "很大", "的猫", "东京", "京很", "京的",
                          "港", "香", "嘅", "嘅猫", "好大", "港嘅", "港好", "香港", "九龍"]
     assert manifest["languages"]["zh"]["codes"] == ["zh", "zh_yue"]
     assert json.loads((out / "fi.json").read_text()) == NUMS + ["koira", "nakki makkara",

@@ -313,8 +313,8 @@ def test_bad_config_values_are_named(tmp_path):
 def test_cli_world_on_s3_reads_back_with_ray(s3_prefix, ray_session, capsys):
     from worldclip.cli import main
 
-    rc = main(["world", "--out", s3_prefix, "--pairs", "300", "world.pairs_per_shard=100",
-               "world.eval_per_concept=1", "world.distractors=30", "world.concepts=40"])
+    rc = main(["world", "world.pairs_per_shard=100", "world.eval_per_concept=1",
+               "world.distractors=30", "world.concepts=40", "--out", s3_prefix, "--pairs", "300"])
     assert rc == 0
     result = json.loads(capsys.readouterr().out)
     assert result["pairs"] == 300 and result["shards"] == {"wds": 3, "parquet": 3}

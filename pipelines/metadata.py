@@ -43,7 +43,7 @@ def parse_entries(data: bytes, source: str) -> list[str]:
 
     try:
         obj = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise MetadataError(f"metadata {source}: not valid UTF-8 JSON ({e}); each file must be "
                             'a JSON list of strings, e.g. ["dog", "hot dog"]') from None
     if not isinstance(obj, list):

@@ -177,15 +177,18 @@ def parse_wds(data: bytes, shard: str) -> ShardResult:
                                       f"the {MAX_MEMBER_BYTES} byte limit; not read")
                     group_of(key, ext.lower())["__oversize__"] = b""
                     continue
+                g = group_of(key, ext.lower())  # first: a failed read marks this group
                 f = tar.extractfile(m)  # reads the member's bytes; nothing touches the disk
-                group_of(key, ext.lower())[ext.lower()] = f.read() if f else b""
+                g[ext.lower()] = f.read() if f else b""
             tar.fileobj.seek(tar.offset)
             if tar.fileobj.read(tarfile.BLOCKSIZE) != tarfile.NUL * tarfile.BLOCKSIZE:
                 raise tarfile.ReadError(f"no valid tar header or end-of-archive marker at byte "
                                         f"{tar.offset}")
     except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as e:
-        res.errors.append(f"{shard}: corrupt or truncated tar after {len(groups)} keys: {e}; "
-                          "pairs after the damage are lost, re-copy or rewrite the shard")
+        why = " ".join(str(e).split())
+        res.errors.append(f"{shard}: corrupt or truncated tar after {len(groups)} keys ({why}); "
+                          + ("pairs after the damage are lost" if groups else "file skipped")
+                          + ", re-copy or rewrite the shard")
         if groups:  # the group being read when the damage hit may be incomplete
             groups[-1][1]["__partial__"] = b""
     for key, g in groups:

@@ -72,6 +72,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from worldclip.platform import storage
+from worldclip.platform.config import ConfigError, save_config
 
 log = logging.getLogger(__name__)
 
@@ -218,10 +219,10 @@ def check_languages(languages: Sequence[str]) -> None:
     supported = sorted(set(emoji.LANGUAGES) & set(CAPTION_TEMPLATES))
     bad = [lang for lang in languages if lang not in supported]
     if bad:
-        raise ValueError(f"world.languages contains {bad}: the embedded world has names and "
+        raise ConfigError(f"world.languages contains {bad}: the embedded world has names and "
                          f"caption templates for {supported} only; remove the others")
     if len(set(languages)) != len(languages):
-        raise ValueError(f"world.languages={list(languages)}: has duplicates; list each once")
+        raise ConfigError(f"world.languages={list(languages)}: has duplicates; list each once")
 
 
 def select_concepts(languages: Sequence[str], n: int) -> list[Concept]:
@@ -258,7 +259,7 @@ def select_concepts(languages: Sequence[str], n: int) -> list[Concept]:
             used[lang].append(names[lang])
         if len(chosen) == n:
             return chosen
-    raise ValueError(f"world.concepts={n}: only {len(chosen)} emoji have plain, distinct names "
+    raise ConfigError(f"world.concepts={n}: only {len(chosen)} emoji have plain, distinct names "
                      f"in all of {list(languages)}; lower world.concepts or drop languages")
 
 
@@ -317,7 +318,7 @@ def concept_signatures(n: int, seed: int) -> np.ndarray:
     combos = np.array([(b, sh, f) for b in range(p) for sh in range(s) for f in range(p)
                        if b != f], dtype=np.int64)
     if n > len(combos):
-        raise ValueError(f"world.concepts={n}: at most {len(combos)} distinct image signatures")
+        raise ConfigError(f"world.concepts={n}: at most {len(combos)} distinct image signatures")
     order = np.random.default_rng([seed, _STREAM_SIGNATURES]).permutation(len(combos))
     return combos[order[:n]]
 
@@ -463,16 +464,16 @@ def build_spec(wcfg: Any) -> WorldSpec:
     for key in ("pairs", "concepts", "pairs_per_shard", "image_size"):
         v = getattr(wcfg, key)
         if not isinstance(v, int) or v <= 0:
-            raise ValueError(f"world.{key}={v!r}: must be a positive integer")
+            raise ConfigError(f"world.{key}={v!r}: must be a positive integer")
     if wcfg.image_size < 16:
-        raise ValueError(f"world.image_size={wcfg.image_size}: must be >= 16, e.g. 64")
+        raise ConfigError(f"world.image_size={wcfg.image_size}: must be >= 16, e.g. 64")
     if int(wcfg.distractors) < 0 or int(wcfg.eval_per_concept) < 0:
-        raise ValueError(f"world.distractors={wcfg.distractors}, world.eval_per_concept="
+        raise ConfigError(f"world.distractors={wcfg.distractors}, world.eval_per_concept="
                          f"{wcfg.eval_per_concept}: must be >= 0")
     for key in ("english_share", "junk_share", "corrupt_share"):
         v = float(getattr(wcfg, key))
         if not 0.0 <= v <= 1.0:
-            raise ValueError(f"world.{key}={v}: must be in [0, 1]")
+            raise ConfigError(f"world.{key}={v}: must be in [0, 1]")
     concepts = select_concepts(languages, int(wcfg.concepts))
     seed = int(wcfg.seed)
     return WorldSpec(
@@ -667,13 +668,10 @@ def write_shard(spec: WorldSpec, shard: int, out_url: str, formats: Sequence[str
     return stats
 
 
-def _write_shards_task(spec: WorldSpec, shards: list[int], out_url: str,
-                       formats: list[str], s3_env: dict[str, str]) -> dict[str, Any]:
+def _write_shards_task(spec: WorldSpec, shards: list[int], out_url: str, formats: list[str],
+                       s3: storage.S3Options) -> dict[str, Any]:
     """Ray task body: a run of shards, counts merged (memory: one shard at a time)."""
-    import os
-
-    os.environ.update(s3_env)
-    storage.configure()
+    storage.configure(s3)  # the driver's S3 settings (config may hold them, not the env)
     total = _empty_stats(spec)
     for shard in shards:
         _merge_stats(total, write_shard(spec, shard, out_url, formats))
@@ -688,19 +686,13 @@ def _iter_shard_stats(spec: WorldSpec, out_url: str, formats: Sequence[str], wor
         return
     import ray
 
-    from worldclip.platform.runtime import worker_env
-
     if not ray.is_initialized():
         raise RuntimeError("world.workers > 1 needs Ray: call platform.runtime.init_ray first")
     task = ray.remote(num_cpus=1)(_write_shards_task)
     spec_ref = ray.put(spec)
     chunks = [list(range(s, spec.num_shards, workers)) for s in range(workers)]
-    env = worker_env()  # S3 settings configured in this process travel with the task
-    o = storage.s3_options()
-    env.update({k: v for k, v in (("AWS_ENDPOINT_URL", o.endpoint_url), ("AWS_REGION", o.region),
-                                  ("AWS_ACCESS_KEY_ID", o.access_key),
-                                  ("AWS_SECRET_ACCESS_KEY", o.secret_key)) if v})
-    refs = [task.remote(spec_ref, chunk, out_url, list(formats), env) for chunk in chunks if chunk]
+    refs = [task.remote(spec_ref, chunk, out_url, list(formats), storage.s3_options())
+            for chunk in chunks if chunk]
     yield from ray.get(refs)
 
 
@@ -774,8 +766,11 @@ def generate_world(wcfg: Any, out_url: str | None = None, workers: int | None = 
     formats = list(wcfg.formats)
     bad = [f for f in formats if f not in ("wds", "parquet")]
     if bad or not formats:
-        raise ValueError(f"world.formats={formats}: allowed wds, parquet (at least one)")
-    workers = int(workers if workers is not None else getattr(wcfg, "workers", 1))
+        raise ConfigError(f"world.formats={formats}: allowed wds, parquet (at least one)")
+    workers = workers if workers is not None else getattr(wcfg, "workers", 1)
+    if not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"world.workers={workers!r}: must be an integer >= 1 "
+                          "(1 = this process, N = N Ray tasks)")
     spec = build_spec(wcfg)
     log.info("world: %d pairs in %d shards, %d concepts, %d languages -> %s", spec.pairs,
              spec.num_shards, len(spec.concepts), len(spec.languages), out_url)
@@ -825,11 +820,9 @@ def generate_world(wcfg: Any, out_url: str | None = None, workers: int | None = 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """`worldclip world`: write the embedded world to world.out; returns a short summary."""
-    from worldclip.platform.config import save_config
-
     wcfg = cfg.world
-    workers = int(OmegaConf.select(cfg, "world.workers", default=1) or 1)
-    if workers > 1:
+    workers = OmegaConf.select(cfg, "world.workers", default=1)
+    if isinstance(workers, int) and workers > 1:
         from worldclip.platform.runtime import init_ray
 
         init_ray(cfg)

@@ -90,3 +90,26 @@ def ray_session(s3_server):
     ctx.enable_progress_bars = False
     yield ray
     ray.shutdown()
+
+
+def make_config(root: str, *overrides: str):
+    """A resolved config for a small embedded world under root (local path or s3:// URL)."""
+    from worldclip.platform.config import apply_storage, load_config
+
+    cfg = load_config([f"storage.root={root}", "world.pairs=1200", "world.pairs_per_shard=300",
+                       "world.concepts=40", "world.eval_per_concept=2",
+                       "curation.concurrency=2", *overrides])
+    apply_storage(cfg)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory, ray_session):
+    """A 1200-pair embedded world + its offline curation, on local disk (shared, read-only)."""
+    from worldclip.pipelines import curate, world
+
+    root = str(tmp_path_factory.mktemp("world"))
+    cfg = make_config(root)
+    world.run(cfg)
+    card = curate.run(cfg)
+    return {"root": root, "cfg": cfg, "summary": card}

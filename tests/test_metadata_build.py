@@ -185,6 +185,13 @@ def test_fold_code_and_group_map():
     assert set(mb.FASTTEXT_LID176_LABELS) <= set(g)
 
 
+def test_lid176_labels_are_the_shipped_models():
+    from worldclip.pipelines.lid import fasttext_model_path
+
+    shipped = set(re.findall(rb"__label__([a-z_]+)", fasttext_model_path().read_bytes()))
+    assert {s.decode() for s in shipped} == set(mb.FASTTEXT_LID176_LABELS)
+
+
 # ---------------------------------------------------------------- dumps and pageviews
 
 def test_wiki_code_from_url_and_path():

@@ -306,6 +306,9 @@ def test_bad_config_values_are_named(tmp_path):
         world.generate_world(wcfg(formats=["csv"]), str(tmp_path))
     with pytest.raises(ValueError, match="world.image_size=8"):
         world.generate_world(wcfg(image_size=8), str(tmp_path))
+    with pytest.raises(ValueError, match="world.workers=0"):
+        world.generate_world(wcfg(workers=0), str(tmp_path))
+    assert not (tmp_path / "raw").exists()  # validation happens before anything is written
 
 
 # ------------------------------------------------------------------------ S3 + Ray
@@ -313,8 +316,10 @@ def test_bad_config_values_are_named(tmp_path):
 def test_cli_world_on_s3_reads_back_with_ray(s3_prefix, ray_session, capsys):
     from worldclip.cli import main
 
+    # workers=2: shards written by Ray tasks, which must reach the S3 server too
     rc = main(["world", "world.pairs_per_shard=100", "world.eval_per_concept=1",
-               "world.distractors=30", "world.concepts=40", "--out", s3_prefix, "--pairs", "300"])
+               "world.distractors=30", "world.concepts=40", "world.workers=2",
+               "--out", s3_prefix, "--pairs", "300"])
     assert rc == 0
     result = json.loads(capsys.readouterr().out)
     assert result["pairs"] == 300 and result["shards"] == {"wds": 3, "parquet": 3}

@@ -73,15 +73,16 @@ _OUT_KEY = {"world": "world.out", "curate": "curation.out", "rebalance": "curati
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    argv = sys.argv[1:] if argv is None else list(argv)
+    logging.basicConfig(level=logging.DEBUG if "-v" in argv or "--verbose" in argv
+                        else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from worldclip.platform.config import ConfigError, apply_storage, load_config
-
-    if args.stage in JOB_COMMANDS:
+    if argv and argv[0] in JOB_COMMANDS:  # submit/jobs parse their own flags
         from worldclip.platform import jobs
 
-        return jobs.cli(args.stage, args.args, args.config)
+        return jobs.cli(argv[0], argv[1:], [])
+    args = _parser().parse_intermixed_args(argv)
+    from worldclip.platform.config import ConfigError, apply_storage, load_config
 
     overrides = [a for a in args.args if "=" in a]
     extra = [a for a in args.args if "=" not in a]
@@ -103,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     apply_storage(cfg)
     fn = getattr(module, fn_name)
-    result: Any = fn(cfg, extra) if extra else fn(cfg)
+    try:
+        result: Any = fn(cfg, extra) if extra else fn(cfg)
+    except ConfigError as e:
+        print(f"worldclip {args.stage}: {e}", file=sys.stderr)
+        return 2
     if result is not None:
         print(json.dumps(result, indent=2, default=str, ensure_ascii=False))
     return 0

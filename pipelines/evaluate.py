@@ -564,8 +564,9 @@ def evaluate_model(model: ClipModel, tokenizer: PreTrainedTokenizerBase, eval_se
     """Zero-shot top-1/top-5 and retrieval recall@1/5/10 per language, their means over
     languages ("overall") and per-class top-1 per language (for head/tail splits).
 
-    Images are embedded once; the model runs under no_grad on `device` (default: cuda when
-    available) and is put back in its original mode afterwards (it may be mid-training).
+    Images are embedded once; the model is moved to `device` (default: cuda when available;
+    it stays there), runs under no_grad and is put back in its original train/eval mode
+    afterwards (it may be mid-training).
     """
     if not eval_set.images:
         raise ValueError(f"eval set {eval_set.url!r} was loaded without images; use "
@@ -657,7 +658,7 @@ def _folder_key(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {"key": np.asarray(keys, dtype=object), "image": batch["bytes"]}
 
 
-def _image_dataset(url: str) -> Any:
+def _image_dataset(url: str, blocks: int) -> Any:
     import ray
 
     files = _parquet_files(url)
@@ -668,7 +669,8 @@ def _image_dataset(url: str) -> Any:
                              f"join image features back; add one or use `worldclip eval`")
         _, fs = storage.ray_path(files[0])
         return ray.data.read_parquet([storage.strip_scheme(f) for f in files], filesystem=fs,
-                                     columns=["key", "image"])
+                                     columns=["key", "image"],
+                                     override_num_blocks=max(blocks, len(files)))
     found = _image_folder_files(url)
     _, fs = storage.ray_path(url)
     ds = ray.data.read_binary_files([storage.strip_scheme(f) for _, f in found],
@@ -693,10 +695,11 @@ def evaluate_ray(cfg: DictConfig, concurrency: int = 1, num_gpus: float | None =
     if num_gpus is None:
         num_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     batch_size = int(cfg.eval.batch_size)
-    ds = _image_dataset(data).map_batches(
+    # several blocks per actor, so one big Parquet file still feeds every actor
+    ds = _image_dataset(data, 4 * concurrency).map_batches(
         ImageEmbedder, fn_constructor_kwargs={"checkpoint": hf_url, "batch_size": batch_size},
-        batch_size=batch_size, batch_format="numpy", concurrency=concurrency,
-        num_gpus=num_gpus, num_cpus=1)
+        batch_size=batch_size, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=concurrency), num_gpus=num_gpus, num_cpus=1)
     row_of = {k: i for i, k in enumerate(eval_set.keys)}
     features: np.ndarray | None = None
     seen = 0

@@ -127,46 +127,40 @@ def _tokenizer(path: str) -> Any:
     return load_tokenizer(path)
 
 
-class Preprocess:
-    """decode -> random resized crop -> normalise; tokenize. Bad images are dropped, counted
-    in the `dropped` column of the next good row (so the count reaches the trainer)."""
+def preprocess(batch: dict[str, np.ndarray], tokenizer_dir: str, image_size: int, seed: int,
+               epoch: int, scale_min: float = 0.9) -> dict[str, np.ndarray]:
+    """decode -> random resized crop (seeded per sample) -> normalise; tokenize.
 
-    def __init__(self, tokenizer_dir: str, image_size: int, seed: int, epoch: int,
-                 scale_min: float = 0.9) -> None:
-        self.tokenizer_dir = tokenizer_dir
-        self.size = image_size
-        self.seed = seed
-        self.epoch = epoch
-        self.scale_min = scale_min
+    Undecodable images and decompression bombs are dropped; the count rides on the next good
+    row's `dropped` column so it reaches the trainer's accounting.
+    """
+    from worldclip.models.tokenizer import tokenize
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from worldclip.models.tokenizer import tokenize
-
-        pixels, texts, pos, dropped = [], [], [], []
+    pixels, texts, pos, dropped = [], [], [], []
+    pending = 0
+    hashes = balancing.key_hash([str(k) for k in batch["key"]])
+    seeds = (balancing.uniform(seed, epoch, hashes, 13) * 2**63).astype(np.int64)
+    for i in range(len(batch["key"])):
+        try:
+            rng = np.random.default_rng(int(seeds[i]))
+            pixels.append(train_transform(bytes(batch["image"][i]), image_size, rng, scale_min))
+        except BadImage as e:
+            log.warning("dropped %s: %s", batch["key"][i], e)
+            pending += 1
+            continue
+        texts.append(str(batch["text"][i]))
+        pos.append(int(batch["pos"][i]))
+        dropped.append(pending)
         pending = 0
-        hashes = balancing.key_hash([str(k) for k in batch["key"]])
-        seeds = (balancing.uniform(self.seed, self.epoch, hashes, 13) * 2**63).astype(np.int64)
-        for i in range(len(batch["key"])):
-            try:
-                rng = np.random.default_rng(int(seeds[i]))
-                pixels.append(train_transform(bytes(batch["image"][i]), self.size, rng,
-                                              self.scale_min))
-            except BadImage as e:
-                log.warning("dropped %s: %s", batch["key"][i], e)
-                pending += 1
-                continue
-            texts.append(str(batch["text"][i]))
-            pos.append(int(batch["pos"][i]))
-            dropped.append(pending)
-            pending = 0
-        n = len(texts)
-        tok = tokenize(_tokenizer(self.tokenizer_dir), texts, return_tensors="np") if n else {
-            "input_ids": np.zeros((0, 77), np.int64),
-            "attention_mask": np.zeros((0, 77), np.int64)}
-        return {"pixel_values": np.stack(pixels) if n else
-                np.zeros((0, 3, self.size, self.size), np.float32),
-                "input_ids": tok["input_ids"], "attention_mask": tok["attention_mask"],
-                "pos": np.asarray(pos, np.int64), "dropped": np.asarray(dropped, np.int64)}
+    if texts:
+        tok = tokenize(_tokenizer(tokenizer_dir), texts, return_tensors="np")
+    else:
+        tok = {"input_ids": np.zeros((0, 77), np.int64),
+               "attention_mask": np.zeros((0, 77), np.int64)}
+    return {"pixel_values": np.stack(pixels) if texts else
+            np.zeros((0, 3, image_size, image_size), np.float32),
+            "input_ids": tok["input_ids"], "attention_mask": tok["attention_mask"],
+            "pos": np.asarray(pos, np.int64), "dropped": np.asarray(dropped, np.int64)}
 
 
 def file_row_counts(source: Source, files: list[str], seed: int, epoch: int) -> list[int]:
@@ -189,7 +183,7 @@ def file_row_counts(source: Source, files: list[str], seed: int, epoch: int) -> 
 
 def worker_stream(source: Source, tokenizer_dir: str, image_size: int, seed: int, epoch: int,
                   rank: int, world: int, start_pos: int = 0, scale_min: float = 0.9,
-                  concurrency: int = 1) -> Any:
+                  num_cpus: float = 0.5) -> Any:
     """This worker's Ray Data stream for the epoch, starting at raw position start_pos."""
     import ray
 
@@ -204,8 +198,12 @@ def worker_stream(source: Source, tokenizer_dir: str, image_size: int, seed: int
         return None
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
+    # One fused task per file (read, redraw, shuffle, decode, augment, tokenize); fractional
+    # CPUs so every train worker's stream runs beside the workers on a small node.
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.flat_map(_load_file, fn_kwargs={"mode": source.mode, "seed": seed, "epoch": epoch})
-    return ds.map_batches(Preprocess, fn_constructor_args=(tokenizer_dir, image_size, seed,
-                                                           epoch, scale_min),
-                          batch_size=64, concurrency=concurrency, batch_format="numpy")
+    ds = ds.flat_map(_load_file, fn_kwargs={"mode": source.mode, "seed": seed, "epoch": epoch},
+                     num_cpus=num_cpus)
+    return ds.map_batches(preprocess, fn_kwargs={
+        "tokenizer_dir": tokenizer_dir, "image_size": image_size, "seed": seed,
+        "epoch": epoch, "scale_min": scale_min}, batch_size=64, batch_format="numpy",
+        num_cpus=num_cpus)

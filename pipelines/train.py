@@ -171,7 +171,7 @@ def train_loop(config: dict[str, Any]) -> None:
     while state.epoch < int(tc["epochs"]) and state.step < total:
         ds = worker_stream(source, tok_dir, image_size, int(tc["seed"]), state.epoch, rank,
                            world, start_pos=state.pos, scale_min=tc["crop_scale_min"],
-                           concurrency=int(tc["ingest_concurrency"]))
+                           num_cpus=float(tc["ingest_cpus"]))
         it = iter(ds.iter_torch_batches(batch_size=int(tc["batch_size_per_worker"]),
                                         drop_last=True, prefetch_batches=2)) if ds else iter(())
         while state.step < total:

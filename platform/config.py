@@ -121,7 +121,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     seed: int = 0
     log_every: int = 10
-    ingest_concurrency: int = 1  # Ray Data preprocessing actors per train worker
+    ingest_cpus: float = 0.5  # CPUs per Ray Data ingest task (read+decode+augment+tokenize)
     # Testing hook: SIGKILL the last train worker once at this step (0 = off), to prove that
     # a run survives worker loss.
     fail_at_step: int = 0

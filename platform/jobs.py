@@ -145,13 +145,12 @@ def resolve_stage_config(stage: str, overrides: list[str],
     stages, _ = _stage_table()
     if stage not in stages:
         raise ConfigError(f"submit: unknown stage {stage!r}; one of {', '.join(stages)}")
-    loader: Callable[..., DictConfig] = load_config
     try:
         module = importlib.import_module(stages[stage][0])
     except ModuleNotFoundError as e:
         raise ConfigError(f"submit {stage}: its module {stages[stage][0]} is not installed "
                           f"here ({e}); update the package") from None
-    loader = getattr(module, "load_stage_config", load_config)
+    loader: Callable[..., DictConfig] = getattr(module, "load_stage_config", load_config)
     return loader(overrides, config_files)
 
 
@@ -389,6 +388,12 @@ def cli(command: str, args: list[str], config_files: list[str]) -> int:
     except ConfigError as e:
         print(f"worldclip {command}: {e}", file=sys.stderr)
         return 2
+    except ConnectionError as e:  # also what the SDK raises for an unreachable dashboard
+        print(f"worldclip {command}: {e} Is the cluster up and its dashboard reachable "
+              "(`ray dashboard cluster/aws.yaml` or `kubectl port-forward "
+              "svc/worldclip-head-svc 8265:8265`)? Pass --address URL or set RAY_ADDRESS.",
+              file=sys.stderr)
+        return 3
     except SystemExit as e:  # argparse usage errors and --help
         return e.code if isinstance(e.code, int) else 2
 
@@ -396,12 +401,13 @@ def cli(command: str, args: list[str], config_files: list[str]) -> int:
 def _cli_submit(args: list[str], config_files: list[str]) -> int:
     ns, overrides, extra = _parse_submit(args)
     files = [*config_files, *ns.config]
+    cfg = resolve_stage_config(ns.stage, overrides, files)
     sub = build_submission(ns.stage, overrides, files, extra_args=extra,
                            forward_credentials=ns.forward_credentials, extra_env=ns.env,
-                           python=ns.python)
+                           python=ns.python, cfg=cfg)
     for w in sub.warnings:
         log.warning("%s", w)
-    address = ns.address or _address(None, files)
+    address = ns.address or str(cfg.job.address)
     if ns.forward_credentials:
         log.warning("--forward-credentials: AWS credentials are in this job's env_vars, "
                     "readable by anyone with access to the Ray dashboard of %s", address)

@@ -303,7 +303,9 @@ def test_rayjobs_run_worldclip_stages() -> None:
         assert spec["entrypoint"].startswith(f"python -m worldclip {stage} ")
         assert spec["metadata"] == {"stage": stage}
         assert spec["shutdownAfterJobFinishes"] is True
-        assert "env_vars" in yaml.safe_load(spec["runtimeEnvYAML"])
+        env = yaml.safe_load(spec["runtimeEnvYAML"])["env_vars"]
+        # without it a stage's ray.init(runtime_env=...) conflicts with the job's env_vars
+        assert env["RAY_OVERRIDE_JOB_RUNTIME_ENV"] == "1"
     train = jobs["worldclip-train"]
     assert "train.use_gpu=true" in train["entrypoint"]
     groups = train["rayClusterSpec"]["workerGroupSpecs"]

@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
@@ -191,13 +192,13 @@ def test_load_eval_set_image_folder(tmp_path):
     assert es.templates["de"] == ev.DEFAULT_TEMPLATES["de"]  # no templates.json: defaults
     assert es.captions == {} and len(es.images) == 6
 
-    (tmp_path / "Hund").rename(tmp_path / "Katze")
-    with pytest.raises(ValueError, match="folder 'Katze' is neither a class index"):
+    (tmp_path / "Hund").rename(tmp_path / "Fuchs")
+    with pytest.raises(ValueError, match="folder 'Fuchs' is neither a class index"):
         ev.load_eval_set(str(tmp_path))
 
     (tmp_path / "classnames.json").unlink()  # ImageFolder: sorted folder names are classes
     es = ev.load_eval_set(str(tmp_path))
-    assert es.classnames == {"en": ["0", "2", "Katze"]}
+    assert es.classnames == {"en": ["0", "2", "Fuchs"]}
     assert dict(zip(es.keys, es.labels.tolist()))["2/im0.jpg"] == 1
 
 
@@ -251,10 +252,12 @@ def test_load_model_from_s3(released_dir, s3_prefix):
     for f in released_dir.iterdir():
         storage.write_bytes(storage.join(url, f.name), f.read_bytes())
     model, tok = ev.load_model(url)
-    local, _ = ev.load_model(str(released_dir))
-    for (name, a), (_, b) in zip(model.state_dict().items(), local.state_dict().items()):
-        assert torch.equal(a, b), name
-    assert tok("sun")["input_ids"] == _("sun")["input_ids"]
+    local, local_tok = ev.load_model(str(released_dir))
+    local_state = local.state_dict()
+    assert model.state_dict().keys() == local_state.keys()
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, local_state[name]), name
+    assert tok("sun")["input_ids"] == local_tok("sun")["input_ids"]
 
 
 # ------------------------------------------------------------------------ the stage
@@ -274,14 +277,22 @@ def test_run_writes_metrics_plot_and_config(released_dir, world_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_evaluate_ray_matches_evaluate_model(ray_session, released_dir, world_dir, eval_set,
-                                             tmp_path):
-    cfg = load_config([f"eval.checkpoint={released_dir}", f"eval.data={world_dir}/eval",
+def test_evaluate_ray_matches_evaluate_model(ray_session, released_dir, world_dir, tmp_path):
+    # The eval set split over two Parquet files: two actors, batches joined back by key.
+    data = tmp_path / "data"
+    data.mkdir()
+    table = pq.read_table(world_dir / "eval" / "eval.parquet")
+    pq.write_table(table.slice(0, 25), data / "part-0.parquet")
+    pq.write_table(table.slice(25), data / "part-1.parquet")
+    for name in ("classnames.json", "templates.json"):
+        (data / name).write_bytes((world_dir / "eval" / name).read_bytes())
+    cfg = load_config([f"eval.checkpoint={released_dir}", f"eval.data={data}",
                        f"eval.out={tmp_path}/eval", "eval.batch_size=8"])
     summary = ev.evaluate_ray(cfg, concurrency=2)
     ray_metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     model, tok = ev.load_model(str(released_dir))
-    local = ev.evaluate_model(model, tok, eval_set, batch_size=8, device="cpu")
+    local = ev.evaluate_model(model, tok, ev.load_eval_set(str(data)), batch_size=8,
+                              device="cpu")
     assert summary["num_images"] == 40
     for key, value in local["overall"].items():
         assert ray_metrics["overall"][key] == pytest.approx(value, abs=1e-6), key

@@ -159,6 +159,12 @@ def test_unknown_stage_is_a_usage_error(capsys) -> None:
     assert "nosuchstage" in capsys.readouterr().err
 
 
+def test_unreachable_cluster_is_a_clear_error(capsys) -> None:
+    assert jobs.cli("jobs", ["list", "--address", "http://127.0.0.1:9"], []) == 3
+    err = capsys.readouterr().err
+    assert "http://127.0.0.1:9" in err and "--address" in err
+
+
 # ---------------------------------------------------------------- slow: a real head
 
 
@@ -350,10 +356,13 @@ def test_failed_job_returns_nonzero(ray_head: str, tmp_path: Path, capsys) -> No
 def test_job_writes_to_s3_with_forwarded_endpoint(ray_head: str, s3_prefix: str,
                                                   capsys) -> None:
     """The head has no AWS_* of its own: the job reaches the test S3 only through what
-    submit forwards (endpoint/region always, keys with --forward-credentials)."""
+    submit forwards (endpoint/region always, keys with --forward-credentials). world.workers=2
+    makes the stage call ray.init(runtime_env={"env_vars": <the same AWS_* keys>}) inside
+    the job, which Ray refuses to merge unless RAY_OVERRIDE_JOB_RUNTIME_ENV=1 travels too."""
     out = f"{s3_prefix}/world"
-    rc, _, text = _submit(["world", "--pairs", "100", "--out", out, "--address", ray_head,
-                           "--forward-credentials", "--wait", "--timeout", "300"], capsys)
+    rc, _, text = _submit(["world", "--pairs", "100", "--out", out, "world.workers=2",
+                           "--address", ray_head, "--forward-credentials", "--wait",
+                           "--timeout", "300"], capsys)
     assert rc == 0, text[-3000:]
     from worldclip.platform import storage
 

@@ -313,6 +313,7 @@ def test_bad_config_values_are_named(tmp_path):
 
 # ------------------------------------------------------------------------ S3 + Ray
 
+@pytest.mark.slow
 def test_cli_world_on_s3_reads_back_with_ray(s3_prefix, ray_session, capsys):
     from worldclip.cli import main
 

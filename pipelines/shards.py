@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import lzma
 import posixpath
 import tarfile
 import zlib
@@ -140,6 +141,23 @@ def _unsafe(name: str) -> bool:
             or any(ord(c) < 32 or ord(c) == 127 for c in name))
 
 
+def _check_tail(f: Any, shard: str, res: ShardResult) -> None:
+    """Read past the end-of-archive marker: completes gzip/xz checksums (a damaged stream is
+    reported, its pairs kept) and finds data after the marker (concatenated tars), which
+    tarfile never reads."""
+    left = MAX_MEMBER_BYTES
+    try:
+        while left > 0 and (chunk := f.read(min(left, 1 << 20))):
+            left -= len(chunk)
+            if chunk.strip(tarfile.NUL):
+                res.errors.append(f"{shard}: data after the end-of-archive marker (concatenated "
+                                  "tars?) is not read; rewrite the shard as one archive")
+                return
+    except (EOFError, OSError, zlib.error, lzma.LZMAError) as e:
+        res.errors.append(f"{shard}: compressed stream damaged after the last member ({e}); "
+                          "pair contents may be corrupt, re-copy the shard")
+
+
 def parse_wds(data: bytes, shard: str) -> ShardResult:
     """A WebDataset tar shard. Members are grouped by key (basename up to the first dot).
 
@@ -184,7 +202,8 @@ def parse_wds(data: bytes, shard: str) -> ShardResult:
             if tar.fileobj.read(tarfile.BLOCKSIZE) != tarfile.NUL * tarfile.BLOCKSIZE:
                 raise tarfile.ReadError(f"no valid tar header or end-of-archive marker at byte "
                                         f"{tar.offset}")
-    except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as e:
+            _check_tail(tar.fileobj, shard, res)
+    except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error, lzma.LZMAError) as e:
         why = " ".join(str(e).split())
         res.errors.append(f"{shard}: corrupt or truncated tar after {len(groups)} keys ({why}); "
                           + ("pairs after the damage are lost" if groups else "file skipped")

@@ -213,6 +213,8 @@ def train_loop(config: dict[str, Any]) -> None:
             if tc["fail_at_step"] and state.step == int(tc["fail_at_step"]) \
                     and rank == world - 1:
                 _maybe_die(config)
+            if tc["eval_every"] and state.step % int(tc["eval_every"]) == 0:
+                _report_eval(engine, state, rank, loss_v, config, tok_dir)
             every = int(tc["checkpoint_every"])
             if every and state.step % every == 0:
                 _report(engine, state, rank, loss_v, config)
@@ -254,6 +256,34 @@ def _report(engine: Any, state: TrainState, rank: int, loss: float,
         metrics = {"step": state.step, "epoch": state.epoch, "loss": loss,
                    "seen_pairs": state.seen_pairs, "dropped_images": state.dropped_images}
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+_EVAL_CACHE: dict[str, Any] = {}
+
+
+def _report_eval(engine: Any, state: TrainState, rank: int, loss: float,
+                 config: dict[str, Any], tok_dir: str) -> None:
+    """All ranks report; rank 0 adds zero-shot top-1 on the eval set (for Tune's ASHA).
+    ZeRO-3 shards parameters, so the in-training eval needs stage 0-2."""
+    import ray.train
+
+    metrics: dict[str, Any] = {"step": state.step, "epoch": state.epoch, "loss": loss,
+                               "seen_pairs": state.seen_pairs}
+    if rank == 0:
+        from worldclip.models.tokenizer import load_tokenizer
+        from worldclip.pipelines import evaluate
+
+        if "set" not in _EVAL_CACHE:
+            _EVAL_CACHE["set"] = evaluate.load_eval_set(config["eval_data"])
+            _EVAL_CACHE["tok"] = load_tokenizer(tok_dir)
+        model = engine.module
+        was_training = model.training
+        m = evaluate.evaluate_model(model, _EVAL_CACHE["tok"], _EVAL_CACHE["set"])
+        model.train(was_training)
+        metrics["zero_shot_top1"] = m["overall"]["top1"]
+        metrics["i2t_r@1"] = m["overall"].get("i2t_r@1")
+        log.info("step %d eval: zero-shot top-1 %.4f", state.step, metrics["zero_shot_top1"])
+    ray.train.report(metrics)
 
 
 def _maybe_die(config: dict[str, Any]) -> None:
@@ -333,7 +363,7 @@ def build_trainer(cfg: DictConfig, extra: dict[str, Any] | None = None) -> Any:
     tok_url, vocab = prepare_tokenizer(cfg)
     config = {"train": OmegaConf.to_container(tc, resolve=True), "data": tc.data,
               "tokenizer": tok_url, "vocab_size": vocab, "total_steps": plan_steps(cfg),
-              "run_dir": run_dir(cfg), **(extra or {})}
+              "run_dir": run_dir(cfg), "eval_data": cfg.eval.data, **(extra or {})}
     resources = {"CPU": tc.cpus_per_worker}
     if tc.use_gpu:
         resources["GPU"] = tc.gpus_per_worker

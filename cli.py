@@ -72,6 +72,17 @@ _OUT_KEY = {"world": "world.out", "curate": "curation.out", "rebalance": "curati
             "tune": "tune.out", "metadata": "metadata.out"}
 
 
+def stage_config(stage: str, overrides: list[str], files: list[str]) -> Any:
+    """The validated config of a stage (a stage may layer its own preset: demo)."""
+    from worldclip.platform.config import ConfigError, load_config
+
+    if stage not in STAGES:
+        raise ConfigError(f"unknown stage {stage!r}; one of {', '.join(STAGES)}")
+    module = importlib.import_module(STAGES[stage][0])
+    loader = getattr(module, "load_stage_config", load_config)
+    return loader(overrides, files)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     logging.basicConfig(level=logging.DEBUG if "-v" in argv or "--verbose" in argv
@@ -80,9 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in JOB_COMMANDS:  # submit/jobs parse their own flags
         from worldclip.platform import jobs
 
-        return jobs.cli(argv[0], argv[1:], [])
+        return jobs.cli(argv[0], argv[1:], [], resolve=stage_config, out_keys=_OUT_KEY)
     args = _parser().parse_intermixed_args(argv)
-    from worldclip.platform.config import ConfigError, apply_storage, load_config
+    from worldclip.platform.config import ConfigError, apply_storage
 
     overrides = [a for a in args.args if "=" in a]
     extra = [a for a in args.args if "=" not in a]
@@ -95,10 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     module_name, fn_name, _ = STAGES[args.stage]
     module = importlib.import_module(module_name)
     try:
-        if hasattr(module, "load_stage_config"):  # stages with their own extra config section
-            cfg = module.load_stage_config(overrides, args.config)
-        else:
-            cfg = load_config(overrides, args.config)
+        cfg = stage_config(args.stage, overrides, args.config)
     except ConfigError as e:
         print(f"worldclip {args.stage}: {e}", file=sys.stderr)
         return 2

@@ -140,16 +140,24 @@ class EvalConfig:
 @dataclass
 class TuneConfig:
     out: str = "${storage.root}/tune"
+    name: str = "sweep"  # experiment dir <out>/<name>; an existing one is resumed
     search: str = "grid"  # grid | random | optuna
-    num_samples: int = 4
+    num_samples: int = 4  # random/optuna: number of trials (grid runs each point once)
+    param: str = "p"  # threshold swept: p (tail proportion) | t_en (English threshold)
+    # grid: the values; random/optuna: log-uniform between their min and max
     p_values: list[float] = field(default_factory=lambda: [0.02, 0.06, 0.15, 0.4])
+    t_en_values: list[float] = field(default_factory=lambda: [5.0, 20.0, 80.0, 320.0])
     threshold_modes: list[str] = field(default_factory=lambda: ["per_language"])
-    train_steps: int = 60
-    eval_every: int = 20
-    grace_period: int = 1
-    cpus_per_trial: float = 1.0
+    train_steps: int = 60  # proxy training: train.max_steps of every trial
+    eval_every: int = 20  # steps between zero-shot reports (what ASHA sees)
+    grace_period: int = 20  # ASHA: steps before a trial may be stopped
+    reduction_factor: float = 2.0  # ASHA
+    # Resources of a trial's driver function; the Ray Train workers inside it request their
+    # own (train.num_workers x train.cpus_per_worker / gpus_per_worker).
+    cpus_per_trial: float = 0.25
     gpus_per_trial: float = 0.0
     max_concurrent: int = 2
+    seed: int = 0  # random/optuna sampler seed
 
 
 @dataclass

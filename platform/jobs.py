@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import getpass
 import hashlib
-import importlib
 import logging
 import os
 import shlex
@@ -132,26 +131,10 @@ def stage_package(dest: Path, source: Path | None = None, skip: tuple[Path, ...]
     return target
 
 
-def _stage_table() -> tuple[dict[str, tuple[str, str, str]], dict[str, str]]:
-    # The stage table lives with the command (cli.py), which is what calls into this module.
-    from worldclip import cli
-
-    return cli.STAGES, getattr(cli, "_OUT_KEY", {})
-
-
-def resolve_stage_config(stage: str, overrides: list[str],
-                         config_files: list[str]) -> DictConfig:
-    """Resolve and validate the config exactly as `worldclip <stage>` would, but locally."""
-    stages, _ = _stage_table()
-    if stage not in stages:
-        raise ConfigError(f"submit: unknown stage {stage!r}; one of {', '.join(stages)}")
-    try:
-        module = importlib.import_module(stages[stage][0])
-    except ModuleNotFoundError as e:
-        raise ConfigError(f"submit {stage}: its module {stages[stage][0]} is not installed "
-                          f"here ({e}); update the package") from None
-    loader: Callable[..., DictConfig] = getattr(module, "load_stage_config", load_config)
-    return loader(overrides, config_files)
+# How a stage's config is resolved (cli.stage_config) and which key --out sets: the command
+# layer passes them in, so this module never imports the stages (platform imports no
+# pipelines).
+StageResolver = Callable[[str, list[str], list[str]], DictConfig]
 
 
 def job_config(cfg: DictConfig) -> DictConfig:
@@ -199,15 +182,12 @@ def _env_vars(cfg: DictConfig, environ: Mapping[str, str], extra_env: list[str],
     return env
 
 
-def build_submission(stage: str, overrides: list[str], config_files: list[str], *,
+def build_submission(stage: str, cfg: DictConfig, *,
                      extra_args: list[str] | None = None, forward_credentials: bool = False,
                      extra_env: list[str] | None = None, python: str = "python",
-                     environ: Mapping[str, str] | None = None,
-                     cfg: DictConfig | None = None) -> Submission:
-    """Resolve the config, stage package + config file, and describe the job (no Ray here)."""
+                     environ: Mapping[str, str] | None = None) -> Submission:
+    """Stage the package + the resolved config file and describe the job (no Ray here)."""
     environ = os.environ if environ is None else environ
-    if cfg is None:
-        cfg = resolve_stage_config(stage, overrides, config_files)
     warnings: list[str] = []
     jcfg = job_config(cfg)
     config_yaml = to_yaml(jcfg, redact=True)
@@ -337,7 +317,8 @@ def _address(arg: str | None, config_files: list[str]) -> str:
         return os.environ.get("RAY_ADDRESS", "http://127.0.0.1:8265")
 
 
-def _parse_submit(args: list[str]) -> tuple[argparse.Namespace, list[str], list[str]]:
+def _parse_submit(args: list[str], out_keys: Mapping[str, str]
+                  ) -> tuple[argparse.Namespace, list[str], list[str]]:
     p = argparse.ArgumentParser(prog="worldclip submit",
                                 description="Run a worldclip stage as a Ray job on a cluster.")
     p.add_argument("stage")
@@ -365,7 +346,6 @@ def _parse_submit(args: list[str]) -> tuple[argparse.Namespace, list[str], list[
     ns = p.parse_intermixed_args(args)
     overrides = [a for a in ns.rest if "=" in a]
     extra = [a for a in ns.rest if "=" not in a]
-    _, out_keys = _stage_table()
     if ns.out:
         overrides.append(f"{out_keys.get(ns.stage, 'storage.root')}={ns.out}")
     if ns.pairs:
@@ -375,11 +355,15 @@ def _parse_submit(args: list[str]) -> tuple[argparse.Namespace, list[str], list[
     return ns, overrides, extra
 
 
-def cli(command: str, args: list[str], config_files: list[str]) -> int:
-    """`worldclip submit ...` and `worldclip jobs ...`; returns the process exit code."""
+def cli(command: str, args: list[str], config_files: list[str], resolve: StageResolver,
+        out_keys: Mapping[str, str] | None = None) -> int:
+    """`worldclip submit ...` and `worldclip jobs ...`; returns the process exit code.
+
+    resolve(stage, overrides, files) gives the stage's validated config (cli.stage_config).
+    """
     try:
         if command == "submit":
-            return _cli_submit(args, config_files)
+            return _cli_submit(args, config_files, resolve, out_keys or {})
         if command == "jobs":
             return _cli_jobs(args, config_files)
         print(f"worldclip: unknown job command {command!r}; use submit or jobs",
@@ -398,13 +382,14 @@ def cli(command: str, args: list[str], config_files: list[str]) -> int:
         return e.code if isinstance(e.code, int) else 2
 
 
-def _cli_submit(args: list[str], config_files: list[str]) -> int:
-    ns, overrides, extra = _parse_submit(args)
+def _cli_submit(args: list[str], config_files: list[str], resolve: StageResolver,
+                out_keys: Mapping[str, str]) -> int:
+    ns, overrides, extra = _parse_submit(args, out_keys)
     files = [*config_files, *ns.config]
-    cfg = resolve_stage_config(ns.stage, overrides, files)
-    sub = build_submission(ns.stage, overrides, files, extra_args=extra,
+    cfg = resolve(ns.stage, overrides, files)
+    sub = build_submission(ns.stage, cfg, extra_args=extra,
                            forward_credentials=ns.forward_credentials, extra_env=ns.env,
-                           python=ns.python, cfg=cfg)
+                           python=ns.python)
     for w in sub.warnings:
         log.warning("%s", w)
     address = ns.address or str(cfg.job.address)

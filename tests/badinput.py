@@ -181,6 +181,32 @@ def truncated_gz_tar() -> BadShard:
                     note="the end of a gzip stream is lost: the last group is suspect")
 
 
+def corrupt_xz_tar() -> BadShard:
+    """An xz-compressed tar (named .tar: tarfile detects compression) with one byte flipped
+    mid-stream: lzma raises LZMAError, which is no OSError, while members are being read."""
+    r = random.Random(3)
+    members = [m for i in range(4) for m in pair(f"xz{i}", image=jpeg(i) + r.randbytes(20_000))]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:xz") as t:
+        for name, payload in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(payload), 0
+            t.addfile(info, io.BytesIO(payload))
+    data = bytearray(buf.getvalue())
+    data[len(data) * 6 // 10] ^= 0xFF
+    return BadShard("bad-corrupt-xz.tar", "xz tar with a flipped byte mid-stream", bytes(data),
+                    pairs_written=4, pairs_in=3, drops={"corrupt_record": 1}, matched=2,
+                    error="Corrupt input data", note="xz2 is being read at the damage: corrupt")
+
+
+def concatenated_tar() -> BadShard:
+    """Two tars concatenated (`cat a.tar b.tar`): tarfile stops at the first end marker."""
+    data = tar_bytes(pair("cat0")) + tar_bytes(pair("cat1"))
+    return BadShard("bad-concatenated.tar", "two tars concatenated", data, pairs_written=2,
+                    pairs_in=1, matched=1, error="data after the end-of-archive marker",
+                    note="the second archive is reported, not read")
+
+
 def absolute_path_tar() -> BadShard:
     members: list[Any] = []
     for key in ("/etc/abs0", "/tmp/worldclip-evil/abs1"):
@@ -370,10 +396,11 @@ def unknown_format() -> BadShard:
 
 GENERATORS: tuple[Callable[[], BadShard], ...] = (
     truncated_tar, truncated_at_header_tar, corrupt_middle_tar, random_bytes_tar,
-    empty_tar_file, truncated_gz_tar, absolute_path_tar, dotdot_path_tar, links_tar,
-    not_image_tar, bomb_tar, non_utf8_tar, empty_captions_tar, bad_json_tar, long_caption_tar,
-    no_metadata_scripts_tar, keys_tar, parquet_missing_image, parquet_missing_text,
-    parquet_extra_columns, parquet_nulls, parquet_bad_keys, parquet_truncated, unknown_format,
+    empty_tar_file, truncated_gz_tar, corrupt_xz_tar, concatenated_tar, absolute_path_tar,
+    dotdot_path_tar, links_tar, not_image_tar, bomb_tar, non_utf8_tar, empty_captions_tar,
+    bad_json_tar, long_caption_tar, no_metadata_scripts_tar, keys_tar, parquet_missing_image,
+    parquet_missing_text, parquet_extra_columns, parquet_nulls, parquet_bad_keys,
+    parquet_truncated, unknown_format,
 )
 
 

@@ -297,7 +297,7 @@ def _unicode_texts_and_entries(draw: st.DrawFn) -> tuple[list[str], list[str]]:
     return texts, entries
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(_unicode_texts_and_entries(), st.booleans())
 def test_matcher_equals_brute_force_on_any_unicode(data, kana_hangul_nospace: bool) -> None:
     texts, entries = data

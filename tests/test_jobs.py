@@ -26,8 +26,14 @@ from pathlib import Path
 
 import pytest
 
+from worldclip import cli
 from worldclip.platform import jobs
 from worldclip.platform.config import ConfigError, load_config
+
+
+def _cli(command: str, args: list[str], files: list[str]) -> int:
+    """What `worldclip submit|jobs ...` runs (the command layer passes the stage resolver)."""
+    return jobs.cli(command, args, files, resolve=cli.stage_config, out_keys=cli._OUT_KEY)
 
 SECRETS = {"AWS_ACCESS_KEY_ID": "id-not-for-dashboard",
            "AWS_SECRET_ACCESS_KEY": "secret-not-for-dashboard",
@@ -44,7 +50,7 @@ def _cfg(tmp_path: Path, *extra: str):
 
 def test_submission_carries_no_credentials(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path, "storage.access_key=cfg-key-id", "storage.secret_key=cfg-secret")
-    sub = jobs.build_submission("world", [], [], cfg=cfg, environ={**SECRETS, **PUBLIC})
+    sub = jobs.build_submission("world", cfg, environ={**SECRETS, **PUBLIC})
     try:
         assert set(sub.metadata) == {"stage", "user", "config_sha256"}
         assert sub.metadata["stage"] == "world" and len(sub.metadata["config_sha256"]) == 16
@@ -62,7 +68,7 @@ def test_submission_carries_no_credentials(tmp_path: Path) -> None:
 
 
 def test_forward_credentials_is_an_explicit_opt_in(tmp_path: Path) -> None:
-    sub = jobs.build_submission("world", [], [], cfg=_cfg(tmp_path), forward_credentials=True,
+    sub = jobs.build_submission("world", _cfg(tmp_path), forward_credentials=True,
                                 environ={**SECRETS, **PUBLIC})
     sub.cleanup()
     env = sub.runtime_env["env_vars"]
@@ -72,12 +78,12 @@ def test_forward_credentials_is_an_explicit_opt_in(tmp_path: Path) -> None:
 
 def test_env_flag_refuses_credential_names(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--forward-credentials"):
-        jobs.build_submission("world", [], [], cfg=_cfg(tmp_path), environ={},
+        jobs.build_submission("world", _cfg(tmp_path), environ={},
                               extra_env=["MY_API_TOKEN=abc"])
     with pytest.raises(ConfigError, match="not set"):
-        jobs.build_submission("world", [], [], cfg=_cfg(tmp_path), environ={},
+        jobs.build_submission("world", _cfg(tmp_path), environ={},
                               extra_env=["SOME_UNSET_NAME"])
-    sub = jobs.build_submission("world", [], [], cfg=_cfg(tmp_path), environ={"X_Y": "7"},
+    sub = jobs.build_submission("world", _cfg(tmp_path), environ={"X_Y": "7"},
                                 extra_env=["OMP_NUM_THREADS=1", "X_Y"])
     sub.cleanup()
     assert sub.runtime_env["env_vars"]["OMP_NUM_THREADS"] == "1"
@@ -85,8 +91,7 @@ def test_env_flag_refuses_credential_names(tmp_path: Path) -> None:
 
 
 def test_staging_has_package_and_job_config(tmp_path: Path) -> None:
-    sub = jobs.build_submission("world", ["world.pairs=123"], [],
-                                cfg=_cfg(tmp_path, "world.pairs=123", "ray.num_cpus=3"),
+    sub = jobs.build_submission("world", _cfg(tmp_path, "world.pairs=123", "ray.num_cpus=3"),
                                 environ={}, extra_args=["x"])
     try:
         root = sub.staging_dir
@@ -133,11 +138,11 @@ def test_stage_package_rejects_non_package(tmp_path: Path) -> None:
 
 def test_parse_submit_shortcuts() -> None:
     ns, overrides, extra = jobs._parse_submit(
-        ["world", "--pairs", "200", "--out", "/x", "world.seed=3", "more", "--wait"])
+        ["world", "--pairs", "200", "--out", "/x", "world.seed=3", "more", "--wait"], cli._OUT_KEY)
     assert ns.stage == "world" and ns.wait is True
     assert overrides == ["world.seed=3", "world.out=/x", "world.pairs=200"]
     assert extra == ["more"]
-    ns, _, _ = jobs._parse_submit(["curate", "--no-wait"])
+    ns, _, _ = jobs._parse_submit(["curate", "--no-wait"], cli._OUT_KEY)
     assert ns.wait is False
 
 
@@ -148,19 +153,19 @@ def test_auth_headers_respect_disabled_mode(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_invalid_config_fails_before_contacting_a_cluster(capsys) -> None:
     # port 9 (discard) on loopback: nothing listens; the config error must come first
-    rc = jobs.cli("submit", ["world", "train.zero_stage=7", "--address", "http://127.0.0.1:9"],
+    rc = _cli("submit", ["world", "train.zero_stage=7", "--address", "http://127.0.0.1:9"],
                   [])
     assert rc == 2
     assert "train.zero_stage=7" in capsys.readouterr().err
 
 
 def test_unknown_stage_is_a_usage_error(capsys) -> None:
-    assert jobs.cli("submit", ["nosuchstage", "--address", "http://127.0.0.1:9"], []) == 2
+    assert _cli("submit", ["nosuchstage", "--address", "http://127.0.0.1:9"], []) == 2
     assert "nosuchstage" in capsys.readouterr().err
 
 
 def test_unreachable_cluster_is_a_clear_error(capsys) -> None:
-    assert jobs.cli("jobs", ["list", "--address", "http://127.0.0.1:9"], []) == 3
+    assert _cli("jobs", ["list", "--address", "http://127.0.0.1:9"], []) == 3
     err = capsys.readouterr().err
     assert "http://127.0.0.1:9" in err and "--address" in err
 
@@ -267,7 +272,7 @@ def ray_head() -> Iterator[str]:
 
 
 def _submit(args: list[str], capsys) -> tuple[int, str, str]:
-    rc = jobs.cli("submit", args, [])
+    rc = _cli("submit", args, [])
     out, err = capsys.readouterr()
     lines = [ln for ln in out.splitlines() if ln.startswith("worldclip-")]
     return rc, (lines[0] if lines else ""), out + err
@@ -289,7 +294,7 @@ def world_job(ray_head: str, tmp_path_factory) -> dict[str, str]:
     """`worldclip submit world --pairs 200 --out DIR --wait` against the head, once."""
     root = tmp_path_factory.mktemp("jobroot")
     out = root / "world"
-    rc = jobs.cli("submit", ["world", "--pairs", "200", "--out", str(out), f"storage.root={root}",
+    rc = _cli("submit", ["world", "--pairs", "200", "--out", str(out), f"storage.root={root}",
                              "--address", ray_head, "--wait", "--timeout", "300"], [])
     return {"rc": str(rc), "root": str(root), "out": str(out)}
 
@@ -327,14 +332,14 @@ def test_stage_runs_as_job(stage: str, extra: list[str], out_rel: str, ray_head:
 def test_jobs_list_status_logs(ray_head: str, world_job: dict[str, str], capsys) -> None:
     assert world_job["rc"] == "0"
     capsys.readouterr()
-    assert jobs.cli("jobs", ["list", "--address", ray_head], []) == 0
+    assert _cli("jobs", ["list", "--address", ray_head], []) == 0
     listing = capsys.readouterr().out.splitlines()
     world_rows = [r.split("\t") for r in listing if "\tworld\t" in r]
     assert world_rows and world_rows[0][1] == "SUCCEEDED"
     job_id = world_rows[0][0]
-    assert jobs.cli("jobs", ["status", job_id, "--address", ray_head], []) == 0
+    assert _cli("jobs", ["status", job_id, "--address", ray_head], []) == 0
     assert capsys.readouterr().out.split("\t")[1].strip() == "SUCCEEDED"
-    assert jobs.cli("jobs", ["logs", job_id, "--address", ray_head], []) == 0
+    assert _cli("jobs", ["logs", job_id, "--address", ray_head], []) == 0
     assert "Running entrypoint" in capsys.readouterr().out
     c = jobs.client(ray_head)
     meta = c.get_job_info(job_id).metadata

@@ -101,10 +101,10 @@ def test_zero2_trains_and_exports_to_transformers(zero2_run):
     mask = (ids != 1).long()
     with torch.no_grad():
         a = engine_model.encode_image(px)
-        b = torch.nn.functional.normalize(hf.get_image_features(pixel_values=px), dim=-1)
+        out = hf(pixel_values=px, input_ids=ids, attention_mask=mask)
+        b = out.image_embeds
         ta = engine_model.encode_text(ids, mask)
-        tb = torch.nn.functional.normalize(hf.get_text_features(input_ids=ids,
-                                                                attention_mask=mask), dim=-1)
+        tb = out.text_embeds
     assert torch.allclose(a, b, atol=1e-5) and torch.allclose(ta, tb, atol=1e-5)
 
 

@@ -146,7 +146,12 @@ def _parquet_bytes(table: pa.Table) -> bytes:
 
 
 class MatchActor:
-    """Ray Data actor for pass 1: one row = one whole input shard (path, bytes)."""
+    """Ray Data actor for pass 1: one row = one input shard URL.
+
+    The actor reads the shard itself (storage.read_bytes: retries, any URL) rather than
+    through read_binary_files, which decompresses .gz by extension and fails the whole run on
+    one truncated archive instead of counting its pairs.
+    """
 
     def __init__(self, settings: MatchSettings, out: str) -> None:
         self.matcher = ShardMatcher(settings)
@@ -154,9 +159,10 @@ class MatchActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         out = []
-        for path, data in zip(batch["path"], batch["bytes"], strict=True):
-            name = shard_name(str(path))
-            matched, counts, stats = self.matcher.match_shard(bytes(data), str(path))
+        for url in batch["url"]:
+            url = str(url)
+            name = shard_name(url)
+            matched, counts, stats = self.matcher.match_shard(storage.read_bytes(url), url)
             base = storage.join(self.out, "matches", name)
             storage.write_bytes(base + ".parquet", _parquet_bytes(matched))
             storage.write_bytes(base + ".counts.parquet", _parquet_bytes(counts))
@@ -358,9 +364,7 @@ def run_match(cfg: DictConfig) -> list[dict[str, Any]]:
     log.info("pass 1 (match): %d shards, %d already done, %d to do", len(urls),
              len(urls) - len(todo), len(todo))
     if todo:
-        paths = [storage.strip_scheme(u) for u in todo]
-        ds = ray.data.read_binary_files(paths, filesystem=storage.arrow_filesystem(todo[0]),
-                                        include_paths=True, override_num_blocks=len(paths))
+        ds = ray.data.from_items([{"url": u} for u in todo], override_num_blocks=len(todo))
         ds = ds.map_batches(MatchActor, fn_constructor_args=(MatchSettings.from_config(c),
                                                              c.out),
                             batch_size=1, num_cpus=1,
@@ -467,16 +471,15 @@ def build_datacard(cfg: DictConfig, match_stats: list[dict], sample_stats: list[
     }
 
 
-def _counts_and_hashes(cfg: DictConfig, match_stats: list[dict]) -> tuple[dict, dict]:
+def _counts(cfg: DictConfig, store: MetadataStore, match_stats: list[dict]
+            ) -> dict[str, np.ndarray]:
     c = cfg.curation
-    store = MetadataStore(c.metadata, merged=c.merged_metadata)
-    hashes = store.hashes()
     sizes = {g: store.size(g) for g in store.groups}
     count_urls = [storage.join(c.out, "matches", f"{shard_name(s['shard'])}.counts.parquet")
                   for s in match_stats]
     counts = aggregate_counts(count_urls, sizes)
     save_counts(storage.join(c.out, "counts.npz"), counts)
-    return counts, hashes
+    return counts
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -486,8 +489,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     init_ray(cfg)
     started = time.time()
     save_config(cfg, cfg.curation.out)
+    # Load and validate every metadata file here, on the driver: a bad file fails now with
+    # its name, not later inside a worker's traceback.
+    store = MetadataStore(cfg.curation.metadata, merged=cfg.curation.merged_metadata)
+    hashes = store.hashes()
     match_stats = run_match(cfg)
-    counts, hashes = _counts_and_hashes(cfg, match_stats)
+    counts = _counts(cfg, store, match_stats)
     thr = thresholds_from_counts(cfg, counts)
     card = run_sample(cfg, match_stats, counts, thr, hashes, started)
     return summary(card)

@@ -119,6 +119,9 @@ def train_loop(config: dict[str, Any]) -> None:
 
     if not tc["use_gpu"]:
         _skip_cpu_shm_op()
+    # Ray Train already set up torch.distributed (gloo on CPU, nccl on GPU); DeepSpeed's comm
+    # layer wraps that group (zero.Init needs the real world size before initialize).
+    deepspeed.init_distributed(dist_backend=dist.get_backend())
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(int(tc["seed"]))

@@ -33,6 +33,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
+from ray.train.v2._internal.execution.callback import WorkerGroupCallback
+from ray.tune import Callback
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from worldclip.platform import storage
@@ -242,6 +244,80 @@ class EvalReportCallback(TuneReportCallback):
         super().after_report(run_context, [report], None)
 
 
+class PlacementGroupRecorder(WorkerGroupCallback):
+    """Controller side: notes each worker group's placement group in the trial's folder.
+
+    When ASHA stops a trial, Tune ends the trial's actor; the Train controller and workers it
+    owns die with it, but the workers' placement group belongs to the job and outlives them.
+    Ray Train's own PlacementGroupCleaner needs the state API (a dashboard), which a local
+    Ray without dashboard lacks (measured with ray 2.60: the leaked CPUs/GPUs stay reserved
+    and later trials starve). The driver removes the recorded groups of ended trials."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def after_worker_group_start(self, worker_group: Any) -> None:
+        try:
+            pg = worker_group.get_worker_group_state().placement_group_handle.placement_group
+            ids = storage.read_json(self.url) if storage.exists(self.url) else []
+            storage.write_json(self.url, [*ids, pg.id.hex()])
+        except Exception as e:  # noqa: BLE001 - bookkeeping must never fail training
+            log.warning("could not record the train placement group: %s", e)
+
+
+def release_placement_groups(url: str) -> int:
+    """Remove the recorded placement groups (url: a trial's list) still reserved; -> count."""
+    import ray
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    if not storage.exists(url):
+        return 0
+    n = 0
+    for h in storage.read_json(url):
+        pg = PlacementGroup(PlacementGroupID(bytes.fromhex(h)))
+        state = (ray.util.placement_group_table(pg) or {}).get("state")
+        if state and state != "REMOVED":
+            try:
+                remove_placement_group(pg)
+                n += 1
+            except Exception as e:  # noqa: BLE001 - removed meanwhile by its owner
+                log.debug("placement group %s: %s", h, e)
+    if n:
+        log.info("released %d placement group(s) left by a stopped trial (%s)", n, url)
+    return n
+
+
+class ReleaseStoppedTrials(Callback):
+    """Driver side: a while after a trial ended (its actor, controller and workers are gone
+    by then), remove the train placement groups it left behind."""
+
+    def __init__(self, tune_out: str, delay_s: float = 10.0) -> None:
+        self.tune_out = tune_out
+        self.delay_s = delay_s
+        self.ended: dict[str, float] = {}
+
+    def _ended(self, trial: Any) -> None:
+        self.ended[trial.trial_id] = time.monotonic()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._ended(trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._ended(trial)
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        now = time.monotonic()
+        for tid, t in list(self.ended.items()):
+            if now - t >= self.delay_s:
+                del self.ended[tid]
+                release_placement_groups(pg_list_url(self.tune_out, tid))
+
+
+def pg_list_url(tune_out: str, trial_id: str) -> str:
+    return storage.join(trial_dir_for(tune_out, trial_id), "placement_groups.json")
+
+
 def trial_dir_for(tune_out: str, trial_id: str) -> str:
     return storage.join(tune_out, "trials", trial_id)
 
@@ -274,7 +350,9 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], tokenizer: str) -> N
     log.info("trial %s: %s kept %d pairs; proxy training %d steps (%d epochs)", trial_id,
              params, summary["kept"], cfg.train.max_steps, cfg.train.epochs)
     trainer = train.build_trainer(cfg)
-    trainer.run_config.callbacks.append(EvalReportCallback(METRIC, extra, last_url))
+    trainer.run_config.callbacks += [
+        EvalReportCallback(METRIC, extra, last_url),
+        PlacementGroupRecorder(pg_list_url(base["tune"]["out"], trial_id))]
     trainer.fit()
     last = storage.read_json(last_url) if storage.exists(last_url) else None
     storage.write_json(done_url, {"trial_id": trial_id, "params": params, "curation": summary,
@@ -349,8 +427,11 @@ def build_tuner(cfg: DictConfig, tokenizer: str) -> Any:
         from ray.tune.search.optuna import OptunaSearch
 
         search_alg: Any = OptunaSearch(seed=int(tc.seed))
-    else:
-        search_alg = BasicVariantGenerator(random_state=int(tc.seed))
+        max_concurrent = int(tc.max_concurrent)
+    else:  # grid and random; a generator limits concurrency itself
+        search_alg = BasicVariantGenerator(random_state=int(tc.seed),
+                                           max_concurrent=int(tc.max_concurrent))
+        max_concurrent = None
     scheduler = ASHAScheduler(time_attr=TIME_ATTR, max_t=int(tc.train_steps),
                               grace_period=int(tc.grace_period),
                               reduction_factor=float(tc.reduction_factor),
@@ -362,9 +443,10 @@ def build_tuner(cfg: DictConfig, tokenizer: str) -> Any:
         tune_config=tune.TuneConfig(
             metric=METRIC, mode=MODE, scheduler=scheduler, search_alg=search_alg,
             num_samples=1 if tc.search == "grid" else int(tc.num_samples),
-            max_concurrent_trials=int(tc.max_concurrent)),
+            max_concurrent_trials=max_concurrent),
         run_config=tune.RunConfig(name=tc.name, storage_path=storage.strip_scheme(tc.out),
-                                  storage_filesystem=fs, verbose=1),
+                                  storage_filesystem=fs, verbose=1,
+                                  callbacks=[ReleaseStoppedTrials(tc.out)]),
     )
 
 
@@ -456,6 +538,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     tokenizer = ensure_tokenizer(cfg)
     save_config(cfg, tc.out)
     grid = build_tuner(cfg, tokenizer).fit()
+    for url in storage.glob(pg_list_url(tc.out, "*")):  # trials ended in the last seconds
+        release_placement_groups(url)
     rows = collect_rows(cfg, grid)
     best = pick_best(rows)
     out = {k: storage.join(tc.out, f) for k, f in (

@@ -317,5 +317,9 @@ def apply_storage(cfg: DictConfig) -> None:
     storage.configure(storage.S3Options.from_env(
         endpoint_url=s.endpoint_url, region=s.region, access_key=s.access_key,
         secret_key=s.secret_key))
-    if s.endpoint_url:
-        os.environ.setdefault("AWS_ENDPOINT_URL", s.endpoint_url)
+    # Local Ray workers inherit this process's environment: configured keys reach them this
+    # way (never through runtime_env, whose agent logs env vars).
+    for key, var in (("endpoint_url", "AWS_ENDPOINT_URL"), ("region", "AWS_REGION"),
+                     ("access_key", "AWS_ACCESS_KEY_ID"), ("secret_key", "AWS_SECRET_ACCESS_KEY")):
+        if s[key]:
+            os.environ[var] = s[key]

@@ -11,9 +11,10 @@ from omegaconf import DictConfig
 log = logging.getLogger(__name__)
 
 # Variables a worker needs to reach object storage and behave like the driver. Credentials
-# travel as environment of the local workers only (never into job metadata or logs).
+# are NOT among them: Ray's runtime_env agent logs env_vars in plain text. Workers of a local
+# Ray inherit the driver's environment (apply_storage puts configured keys there); cluster
+# nodes use their instance role / workload identity.
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
-                 "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
                  "DS_ACCELERATOR", "OMP_NUM_THREADS", "RAY_USAGE_STATS_ENABLED",
                  "TORCH_EXTENSIONS_DIR")
 
@@ -41,8 +42,9 @@ def init_ray(cfg: DictConfig | None = None) -> None:
     # Logical CPUs > physical on small machines on purpose: Ray Data needs a CPU beside the
     # train workers or it starves (CONVENTIONS.md).
     log.info("starting a local Ray (num_cpus=%s)", num_cpus)
-    ray.init(num_cpus=num_cpus, include_dashboard=bool(rc and rc.include_dashboard),
-             runtime_env={"env_vars": env})
+    # address="local": never join some other Ray that `ray start` left on this machine
+    ray.init(address="local", num_cpus=num_cpus,
+             include_dashboard=bool(rc and rc.include_dashboard), runtime_env={"env_vars": env})
 
 
 def shutdown() -> None:

@@ -131,7 +131,22 @@ def ray_path(url: str) -> tuple[str, pafs.FileSystem]:
 
 # ---------------------------------------------------------------- retries
 
-TRANSIENT = (ConnectionError, TimeoutError, OSError)
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    errs: list[type[BaseException]] = [ConnectionError, TimeoutError, OSError]
+    try:  # botocore's connection errors are not OSErrors
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import HTTPClientError
+
+        errs += [BotoConnectionError, HTTPClientError]
+    except ImportError:
+        pass
+    return tuple(errs)
+
+
+TRANSIENT = _transient_errors()
+# botocore logs request headers (the access key id) at DEBUG: keep them out of `-v` output
+for _name in ("botocore", "aiobotocore", "s3fs", "urllib3"):
+    logging.getLogger(_name).setLevel(logging.INFO)
 
 
 def retry(fn: Callable[[], T], *, what: str, attempts: int = 6, base_delay: float = 0.5) -> T:

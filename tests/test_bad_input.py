@@ -415,11 +415,6 @@ def test_curation_over_world_plus_bad_input(ray_session, tmp_path: Path) -> None
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=OSError,
-                   reason="curate.run_match reads shards with Ray Data read_binary_files, "
-                   "which decompresses *.gz by extension and aborts the whole run on a "
-                   "truncated gzip (OSError: Truncated compressed stream) instead of handing "
-                   "the bytes to parse_shard; reported to the lead")
 def test_truncated_gzip_shard_through_ray(ray_session, tmp_path: Path) -> None:
     from worldclip.pipelines import curate, world
     from worldclip.platform.config import load_config

@@ -21,10 +21,8 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(TEST_ENV) $(BIN)/worldclip demo
 
-# The fake autoscaler runs `ray stop --force` (kills every local Ray), so it runs alone first.
 test: install
-	$(TEST_ENV) WORLDCLIP_ISOLATED_AUTOSCALER=1 $(BIN)/pytest -q -ra tests/test_multinode.py -k autoscal
-	$(TEST_ENV) $(BIN)/pytest -q -ra --durations=15
+	$(TEST_ENV) $(BIN)/pytest -q -ra --durations=20
 
 bench: install
 	for b in bench/bench_*.py; do $(TEST_ENV) $(BIN)/python $$b || exit 1; done

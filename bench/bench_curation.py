@@ -9,8 +9,10 @@ side by side in one run:
       automaton per language built the same way, collections.Counter). Goal: ours/bare >= 0.8.
       Passes alternate (ours, bare, ours, bare, ...) and the median is reported, so the
       load of a shared machine hits both alike. Both must produce identical counts.
-  (c) the Ray Data pass 1 (`curate.run_match`, curation.concurrency=2) on a local Ray with
-      --ray-cpus logical CPUs (2 = the fair "2 cores"), vs 2x (b)'s single-core throughput.
+  (c) the Ray Data pass 1 (`curate.run_match`, curation.concurrency=2: two 1-CPU matching
+      actors = the "2 cores") on a local Ray with --ray-cpus=4 logical CPUs, vs 2x (b)'s
+      single-core throughput. num_cpus=2 hangs: the two actors take both logical CPUs and
+      Ray Data's read tasks never get one (CONVENTIONS.md, measured here).
       Ray startup and a 1-shard warm-up run (worker processes, imports) are excluded; the
       actors' own start-up (metadata + automata) is inside the pipeline's time and reported
       separately as measured in-process.
@@ -18,7 +20,7 @@ side by side in one run:
       passes) on the same data: the speed-up of "match once, rebalance many".
 
     RAY_USAGE_STATS_ENABLED=0 OMP_NUM_THREADS=1 .venv/bin/python bench/bench_curation.py \
-        [--pairs 20000] [--shards 10] [--repeats 3] [--ray-cpus 2]
+        [--pairs 20000] [--shards 10] [--repeats 3] [--ray-cpus 4]
 """
 
 from __future__ import annotations
@@ -141,7 +143,8 @@ def bench_one_core(cfg: Any, paths: list[str], repeats: int) -> dict[str, Any]:
     times: dict[str, list[float]] = {"ours": [], "bare": []}
     results = {}
     for _ in range(repeats):
-        for name, fn in (("ours", lambda: ours_pass(ours, paths)), ("bare", lambda: bare.run(paths))):
+        for name, fn in (("ours", lambda: ours_pass(ours, paths)),
+                         ("bare", lambda: bare.run(paths))):
             t0 = time.perf_counter()
             results[name] = fn()
             times[name].append(time.perf_counter() - t0)
@@ -169,8 +172,8 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=20_000)
     ap.add_argument("--shards", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3, help="alternating passes for (b)")
-    ap.add_argument("--ray-cpus", type=int, default=2,
-                    help="logical CPUs of the local Ray for (c)/(d) (4 if 2 starves)")
+    ap.add_argument("--ray-cpus", type=int, default=4,
+                    help="logical CPUs of the local Ray for (c)/(d) (2 starves the reads)")
     ap.add_argument("--keep", help="write into this folder and keep it (default: a temp dir)")
     args = ap.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -186,6 +189,7 @@ def main() -> None:
               f"on {os.cpu_count()} cores")
 
         b = bench_one_core(cfg, paths, args.repeats)
+        print(f"(b) done: ours {b['ours_s']:.2f}s, bare {b['bare_s']:.2f}s", flush=True)
 
         import ray
 

@@ -154,8 +154,11 @@ class MatchActor:
     """
 
     def __init__(self, settings: MatchSettings, out: str) -> None:
+        import ray
+
         self.matcher = ShardMatcher(settings)
         self.out = out
+        self.node = ray.get_runtime_context().get_node_id()  # for the report: who did what
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         out = []
@@ -163,6 +166,7 @@ class MatchActor:
             url = str(url)
             name = shard_name(url)
             matched, counts, stats = self.matcher.match_shard(storage.read_bytes(url), url)
+            stats["node"] = self.node
             base = storage.join(self.out, "matches", name)
             storage.write_bytes(base + ".parquet", _parquet_bytes(matched))
             storage.write_bytes(base + ".counts.parquet", _parquet_bytes(counts))

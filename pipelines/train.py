@@ -245,12 +245,14 @@ def _last_loss(state: TrainState) -> float:
 def _report(engine: Any, state: TrainState, rank: int, loss: float,
             config: dict[str, Any]) -> None:
     """All ranks: save the DeepSpeed shard + state into one dir and report it."""
+    import ray
     import ray.train
 
     with tempfile.TemporaryDirectory() as d:
         engine.save_checkpoint(d, tag=CKPT_TAG)
         with open(os.path.join(d, f"data_rank{rank}.json"), "w") as f:
-            json.dump({"pos": state.pos, "epoch": state.epoch}, f)
+            json.dump({"pos": state.pos, "epoch": state.epoch,
+                       "node": ray.get_runtime_context().get_node_id()}, f)
         if rank == 0:
             state.save(os.path.join(d, "state.json"))
             with open(os.path.join(d, "model_config.json"), "w") as f:
@@ -376,7 +378,8 @@ def build_trainer(cfg: DictConfig, extra: dict[str, Any] | None = None) -> Any:
         train_loop,
         train_loop_config=config,
         scaling_config=ray.train.ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
-                                               resources_per_worker=resources),
+                                               resources_per_worker=resources,
+                                               placement_strategy=tc.placement_strategy),
         run_config=ray.train.RunConfig(
             name=tc.name, storage_path=path,
             storage_filesystem=storage.arrow_filesystem(tc.out),

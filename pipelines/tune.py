@@ -324,6 +324,7 @@ def trial_dir_for(tune_out: str, trial_id: str) -> str:
 
 def run_trial(params: dict[str, Any], base: dict[str, Any], tokenizer: str) -> None:
     """One trial (a Tune function trainable): rebalance -> proxy training with evals."""
+    import ray
     from ray import tune
 
     from worldclip.pipelines import curate, train
@@ -343,6 +344,7 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], tokenizer: str) -> N
     # an unfinished earlier attempt (driver killed): train from scratch, not from its state
     storage.remove(train.run_dir(cfg), recursive=True)
     storage.write_json(storage.join(tdir, "params.json"), {"trial_id": trial_id, **params})
+    ray.data.DataContext.get_current().enable_progress_bars = False  # Tune shows progress
     summary = curate.run_rebalance(cfg)  # re-sample only: matching never runs in a trial
     cfg.train.epochs = epochs_for_budget(cfg)
     extra = {"kept": summary["kept"], "derived_t_en": summary["t_en"],
@@ -405,11 +407,39 @@ def ensure_tokenizer(cfg: DictConfig) -> str:
     return url
 
 
-def build_tuner(cfg: DictConfig, tokenizer: str) -> Any:
-    """A new Tuner, or the restored one when tune.out/tune.name holds an experiment."""
+def tune_config(tc: DictConfig) -> Any:
+    """tune.TuneConfig: metric/mode, ASHA on the train step, the search algorithm."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    max_concurrent: int | None = int(tc.max_concurrent)
+    if tc.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg: Any = OptunaSearch(seed=int(tc.seed))
+    else:  # grid and random: the generator limits concurrency itself (Tune ignores
+        search_alg = BasicVariantGenerator(  # max_concurrent_trials beside a generator)
+            random_state=int(tc.seed), max_concurrent=int(tc.max_concurrent))
+        max_concurrent = None
+    scheduler = ASHAScheduler(time_attr=TIME_ATTR, max_t=int(tc.train_steps),
+                              grace_period=int(tc.grace_period),
+                              reduction_factor=float(tc.reduction_factor),
+                              stop_last_trials=False)  # a trial at max_t ends by itself
+    return tune.TuneConfig(metric=METRIC, mode=MODE, scheduler=scheduler,
+                           search_alg=search_alg,
+                           num_samples=1 if tc.search == "grid" else int(tc.num_samples),
+                           max_concurrent_trials=max_concurrent)
+
+
+def experiment_path(tc: DictConfig) -> tuple[str, Any]:
+    """(path inside its filesystem, pyarrow filesystem) of the Tune experiment."""
+    return storage.strip_scheme(storage.join(tc.out, tc.name)), storage.arrow_filesystem(tc.out)
+
+
+def build_tuner(cfg: DictConfig, tokenizer: str) -> Any:
+    """A new Tuner, or the restored one when tune.out/tune.name holds an experiment."""
+    from ray import tune
 
     tc = cfg.tune
     base = OmegaConf.to_container(cfg, resolve=True)
@@ -418,36 +448,16 @@ def build_tuner(cfg: DictConfig, tokenizer: str) -> Any:
         resources["gpu"] = float(tc.gpus_per_trial)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=base, tokenizer=tokenizer), resources)
-    fs = storage.arrow_filesystem(tc.out)
-    exp_path = storage.strip_scheme(storage.join(tc.out, tc.name))
-    if tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
+    path, fs = experiment_path(tc)
+    if tune.Tuner.can_restore(path, storage_filesystem=fs):
         log.info("resuming the Tune experiment in %s", storage.join(tc.out, tc.name))
-        return tune.Tuner.restore(exp_path, trainable=trainable, storage_filesystem=fs)
-    if tc.search == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
-
-        search_alg: Any = OptunaSearch(seed=int(tc.seed))
-        max_concurrent = int(tc.max_concurrent)
-    else:  # grid and random; a generator limits concurrency itself
-        search_alg = BasicVariantGenerator(random_state=int(tc.seed),
-                                           max_concurrent=int(tc.max_concurrent))
-        max_concurrent = None
-    scheduler = ASHAScheduler(time_attr=TIME_ATTR, max_t=int(tc.train_steps),
-                              grace_period=int(tc.grace_period),
-                              reduction_factor=float(tc.reduction_factor),
-                              stop_last_trials=False)  # a finished trial ends by itself
+        return tune.Tuner.restore(path, trainable=trainable, storage_filesystem=fs)
     storage.makedirs(tc.out)
     return tune.Tuner(
-        trainable,
-        param_space=search_space(tc),
-        tune_config=tune.TuneConfig(
-            metric=METRIC, mode=MODE, scheduler=scheduler, search_alg=search_alg,
-            num_samples=1 if tc.search == "grid" else int(tc.num_samples),
-            max_concurrent_trials=max_concurrent),
+        trainable, param_space=search_space(tc), tune_config=tune_config(tc),
         run_config=tune.RunConfig(name=tc.name, storage_path=storage.strip_scheme(tc.out),
                                   storage_filesystem=fs, verbose=1,
-                                  callbacks=[ReleaseStoppedTrials(tc.out)]),
-    )
+                                  callbacks=[ReleaseStoppedTrials(tc.out)]))
 
 
 _TRIAL_ID = re.compile(r"([0-9a-f]{5}_\d{5})")

@@ -100,6 +100,7 @@ class TrainConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0
+    placement_strategy: str = "PACK"  # PACK | SPREAD (Ray Train worker placement)
     zero_stage: int = 2
     offload: bool = False
     precision: str = "fp32"  # fp32 | bf16 | fp16
@@ -214,6 +215,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "curation.mode": ("offline", "online"),
     "train.zero_stage": (0, 1, 2, 3),
     "train.precision": ("fp32", "bf16", "fp16"),
+    "train.placement_strategy": ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
     "tune.search": ("grid", "random", "optuna"),
 }
 

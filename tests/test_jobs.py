@@ -13,8 +13,6 @@ import json
 import os
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_multinode import free_ports, kill_session
 
 from worldclip import cli
 from worldclip.platform import jobs
@@ -173,48 +172,6 @@ def test_unreachable_cluster_is_a_clear_error(capsys) -> None:
 # ---------------------------------------------------------------- slow: a real head
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _kill_session(sid: int, grace: float = 5.0) -> int:
-    """SIGTERM, then SIGKILL, every process of one session (the head's); returns how many."""
-    import psutil
-
-    def members() -> list[psutil.Process]:
-        out = []
-        for p in psutil.process_iter():
-            try:
-                if os.getsid(p.pid) == sid and p.status() != psutil.STATUS_ZOMBIE:
-                    out.append(p)
-            except (ProcessLookupError, PermissionError, psutil.Error):
-                pass
-        return out
-
-    procs = members()
-    for p in procs:
-        try:
-            p.send_signal(signal.SIGTERM)
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=grace)
-    for p in alive + members():
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    return len(procs)
-
-
 def _ensure_auth_token() -> None:
     """A token in Ray's default place (~/.ray/auth_token), as `ray.init()` itself creates."""
     from ray._private.authentication.authentication_token_setup import generate_and_save_token
@@ -232,7 +189,7 @@ def ray_head() -> Iterator[str]:
     _ensure_auth_token()
     temp_dir = tempfile.mkdtemp(prefix="wcray", dir="/tmp")  # short: unix socket paths
     (gcs, dash, client, agent_http, agent_grpc, renv, metrics, node_mgr,
-     obj_mgr) = _free_ports(9)
+     obj_mgr) = free_ports(9)
     venv_bin = str(Path(sys.executable).parent)
     env = {k: v for k, v in os.environ.items()
            if k != "RAY_ADDRESS" and not k.startswith("AWS_")}
@@ -266,7 +223,7 @@ def ray_head() -> Iterator[str]:
                 time.sleep(1)
         yield url
     finally:
-        _kill_session(sid)
+        kill_session(sid)
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
 

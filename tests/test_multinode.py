@@ -12,8 +12,8 @@ Stages (STAGES below; each prints one `RESULT {json}` line):
              a Ray Data map and plain tasks report the node they ran on.
   autoscale  a fake autoscaling cluster (the in-tree autoscaler with Ray's fake multi-node
              provider, config inline) with a {"GPU": 1} worker type, min 0 / max 2.
-Further stages (curation / training over both nodes) plug into STAGES with the same
-signature and run through `run_stage(name)`.
+  mission    the same 2-node Cluster: world -> curate (match actors on both nodes) ->
+             train (2 Ray Train workers, placement SPREAD: one per node).
 """
 
 from __future__ import annotations
@@ -235,8 +235,41 @@ def _stage_autoscale() -> dict[str, Any]:
         kill_session(head.pid)
 
 
+def _mission_stage(ray: Any, labels: dict[str, str]) -> dict[str, Any]:
+    """world -> curate -> train (2 workers, ZeRO-2, SPREAD) on the 2-node cluster."""
+    from omegaconf import OmegaConf
+
+    from worldclip.pipelines import curate, train, world
+    from worldclip.platform import storage
+    from worldclip.platform.config import apply_storage, load_config
+
+    root = os.path.join(os.environ["RAY_TMPDIR"], "data")
+    cfg = load_config([f"storage.root={root}", "world.pairs=800", "world.pairs_per_shard=100",
+                       "world.concepts=30", "world.eval_per_concept=1",
+                       "curation.concurrency=2", "train.max_steps=4",
+                       "train.batch_size_per_worker=8", "train.cpus_per_worker=1",
+                       "train.placement_strategy=SPREAD", "train.ingest_cpus=0.25"])
+    apply_storage(cfg)
+    world.run(cfg)
+    card = curate.run(cfg)
+    stats = [storage.read_json(u) for u in
+             storage.glob(storage.join(cfg.curation.out, "matches", "*.stats.json"))]
+    result = train.run(cfg)
+    ckpt = train.latest_checkpoint(train.run_dir(cfg))
+    ranks = [storage.read_json(u) for u in storage.glob(storage.join(ckpt, "data_rank*.json"))]
+    return {"curation_shards_per_node": dict(Counter(labels[s["node"]] for s in stats)),
+            "train_ranks_per_node": dict(Counter(labels[r["node"]] for r in ranks)),
+            "kept": card["kept"], "steps": result["steps"],
+            "config": OmegaConf.to_container(cfg.train)["placement_strategy"]}
+
+
+def _stage_mission() -> dict[str, Any]:
+    return two_node_cluster(_mission_stage)
+
+
 STAGES: dict[str, Callable[[], dict[str, Any]]] = {
     "data": _stage_data,
+    "mission": _stage_mission,
     "autoscale": _stage_autoscale,
 }
 
@@ -283,6 +316,14 @@ def test_work_spreads_over_two_nodes() -> None:
     assert set(r["tasks_per_node"]) == {"node_a", "node_b"}, r
 
 
+@pytest.mark.slow
+def test_curation_and_training_spread_over_two_nodes() -> None:
+    r = run_stage("mission", timeout=600)
+    assert set(r["curation_shards_per_node"]) == {"node_a", "node_b"}, r
+    assert sorted(r["train_ranks_per_node"].items()) == [("node_a", 1), ("node_b", 1)], r
+    assert r["steps"] == 4 and r["kept"] > 0
+
+
 def test_fake_autoscaling_config_is_valid() -> None:
     """The inline config passes Ray's own cluster-config schema (fast, no Ray started)."""
     import jsonschema
@@ -296,9 +337,6 @@ def test_fake_autoscaling_config_is_valid() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("WORLDCLIP_ISOLATED_AUTOSCALER") != "1",
-                    reason="fake autoscaler: run alone with WORLDCLIP_ISOLATED_AUTOSCALER=1 "
-                           "(it starts and stops extra Ray nodes; .ci/run runs it first)")
 def test_autoscaler_adds_gpu_nodes_and_removes_idle_ones() -> None:
     r = run_stage("autoscale", timeout=600)
     assert r["gpu_nodes_peak"] == 2, r  # two concurrent GPU:1 tasks -> two GPU workers

@@ -107,7 +107,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     plots = _plots(out, history, metrics, cfg.curation.balanced_out)
     compare = run_compare(cfg, counts) if cfg.demo.compare else None
     times["total"] = time.time() - t0
-    report = {"world": {k: wsum.get(k) for k in ("pairs", "concepts", "english_share")},
+    langs = wsum.get("by_language", {})
+    report = {"world": {"pairs": wsum["pairs"], "concepts": len(wsum["concepts"]),
+                        "english_share": langs.get("en", 0) / max(1, sum(langs.values()))},
               "curation": card["accounting"], "t_lang": card["balancing"]["t_lang"],
               "train": {k: result[k] for k in ("steps", "seen_pairs", "first_loss",
                                                 "final_loss", "dropped_images")},

@@ -483,7 +483,9 @@ def collect_rows(cfg: DictConfig, grid: Any) -> list[dict[str, Any]]:
         df = res.metrics_dataframe
         if df is not None and METRIC in df.columns and TIME_ATTR in df.columns:
             df = df.dropna(subset=[METRIC])
-            hist = [[int(s), float(m)] for s, m in zip(df[TIME_ATTR], df[METRIC], strict=True)]
+            # a trial restarted after a driver crash reports its steps again: keep the last
+            by_step = {int(s): float(m) for s, m in zip(df[TIME_ATTR], df[METRIC], strict=True)}
+            hist = [[s, by_step[s]] for s in sorted(by_step)]
         bal = card.get("balancing", {})
         row = {
             "trial_id": tid,

@@ -38,7 +38,7 @@ def test_search_space_per_search_algorithm():
     rnd = wtune.search_space(cfg.tune)
     assert isinstance(rnd["p"], Float) and isinstance(rnd["threshold_mode"], Categorical)
     assert (rnd["p"].lower, rnd["p"].upper) == (0.01, 0.5)
-    assert type(rnd["p"].get_sampler()).__name__ == "LogUniform"
+    assert "LogUniform" in type(rnd["p"].get_sampler()).__name__
     cfg = load_config(["tune.search=optuna", "tune.param=t_en", "tune.t_en_values=[5,80]"])
     assert set(wtune.search_space(cfg.tune)) == {"t_en", "threshold_mode"}
 
@@ -196,10 +196,7 @@ def test_sweep_killed_after_first_trial_then_restored(small_world, ray_session, 
     match_files = sorted(curated.glob("matches/*")) + [curated / "counts.npz"]
     mtimes = {f: f.stat().st_mtime_ns for f in match_files}
     tok = str(tmp_path / "tokenizer")
-    captions = [t for u in storage.glob(str(curated / "matches" / "*.parquet"))
-                if not u.endswith(".counts.parquet")
-                for t in wtune.matched_captions(os.path.dirname(u))][:20000]
-    _fixed_tokenizer(tok, captions)
+    _fixed_tokenizer(tok, list(wtune.matched_captions(str(curated / "matches"))))
     tune_out = tmp_path / "tune"
     overrides = [*TUNE, f"tune.out={tune_out}", f"train.tokenizer={tok}"]
 
@@ -230,7 +227,7 @@ def test_sweep_killed_after_first_trial_then_restored(small_world, ray_session, 
             proc.wait(30)
     first_done = (tune_out / "trials" / first / "done.json").stat().st_mtime_ns
     states = _experiment_states(tune_out)
-    assert len(states) == 3 and list(states.values()).count("TERMINATED") == 1
+    assert list(states.values()).count("TERMINATED") == 1 and states[first] == "TERMINATED"
 
     # 2. restore in this process: the same experiment continues to the end
     cfg = make_config(root, *overrides)
@@ -238,7 +235,8 @@ def test_sweep_killed_after_first_trial_then_restored(small_world, ray_session, 
     wall = time.time() - started
     print(f"sweep wall time (killed + restored): {wall:.0f}s")
     assert summary["trials"] == 3 and summary["error"] == summary["no_report"] == 0
-    assert set(_experiment_states(tune_out)) == set(states)  # restored, not a new sweep
+    final = _experiment_states(tune_out)
+    assert set(states) <= set(final) and len(final) == 3  # restored, not a new sweep
     assert (tune_out / "trials" / first / "done.json").stat().st_mtime_ns == first_done
 
     # matching ran in neither driver: no match file rewritten, no matching in the summary
@@ -273,7 +271,7 @@ def test_sweep_killed_after_first_trial_then_restored(small_world, ray_session, 
 
     # outputs: tables, plot, and the best thresholds as a loadable curation config
     md = (tune_out / "results.md").read_text()
-    assert all(r["trial_id"] in md for r in rows) and "| en |" not in md.split("\n")[2]
+    assert all(r["trial_id"] in md for r in rows) and "## Curated pairs per language" in md
     assert (tune_out / "metric_vs_t_en.png").read_bytes()[:4] == b"\x89PNG"
     best = result["best"]
     assert best["status"] == "completed"

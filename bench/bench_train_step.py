@@ -15,7 +15,7 @@ Model: the `tiny` preset widened so that compute dominates a step: both towers -
 (default 128, 4 heads), 2 layers, --image-size 64 px with 8 px patches (64 patches), 77
 tokens, 8,000-token vocabulary. Reported: median step time of rank 0 over --steps steps after
 --warmup steps. DS_ACCELERATOR=cpu and DeepSpeed's shm comm op build is skipped
-(`train._skip_cpu_shm_op`). Goal: Ray Train + ZeRO-2 / DDP <= 1.15x.
+(`skip_cpu_shm_op`). Goal: Ray Train + ZeRO-2 / DDP <= 1.15x.
 
     RAY_USAGE_STATS_ENABLED=0 OMP_NUM_THREADS=1 DS_ACCELERATOR=cpu \
         .venv/bin/python bench/bench_train_step.py [--steps 20] [--batch 32] [--width 128]
@@ -66,6 +66,17 @@ def synthetic_batch(opts: dict[str, Any], rank: int) -> tuple[Any, Any, Any]:
     return pixels, ids, mask
 
 
+def skip_cpu_shm_op() -> None:
+    """Skip DeepSpeed's shm comm op build on CPU (~33 s; gloo never uses it).
+
+    `import deepspeed.comm.torch as m` binds the *torch* package (deepspeed.comm re-exports
+    a name `torch`), so patch the submodule through sys.modules.
+    """
+    import importlib
+
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+
+
 def train_steps(engine_kind: str, opts: dict[str, Any], rank: int, world: int,
                 ddp_wrap: Any = None) -> list[float]:
     """Build model + optimizer for `engine_kind` (ddp | zero2) on an initialised process group
@@ -84,9 +95,9 @@ def train_steps(engine_kind: str, opts: dict[str, Any], rank: int, world: int,
     if engine_kind == "zero2":
         import deepspeed
 
-        from worldclip.pipelines.train import _skip_cpu_shm_op, deepspeed_config
+        from worldclip.pipelines.train import deepspeed_config
 
-        _skip_cpu_shm_op()
+        skip_cpu_shm_op()
         tc = {"zero_stage": 2, "offload": False, "use_gpu": False, "precision": "fp32",
               "batch_size_per_worker": opts["batch"], "grad_accum": 1}
         opt = torch.optim.AdamW(param_groups(model, 0.1), **opt_kwargs)
@@ -161,15 +172,19 @@ def _ray_loop(config: dict[str, Any]) -> None:
     wrap = ray.train.torch.prepare_model if config["engine"] == "ddp" else None
     times = train_steps(config["engine"], config["opts"], ctx.get_world_rank(),
                         ctx.get_world_size(), ddp_wrap=wrap)
-    ray.train.report({"times": json.dumps(times)})
+    if ctx.get_world_rank() == 0:  # Train V2's Result.metrics is None without a checkpoint
+        with open(config["out"], "w") as f:
+            json.dump(times, f)
+    ray.train.report({"steps": len(times)})
 
 
 def run_ray_train(engine_kind: str, opts: dict[str, Any], storage: str) -> list[float]:
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    out = os.path.join(storage, f"times-{engine_kind}.json")
     trainer = TorchTrainer(
-        _ray_loop, train_loop_config={"engine": engine_kind, "opts": opts},
+        _ray_loop, train_loop_config={"engine": engine_kind, "opts": opts, "out": out},
         scaling_config=ray.train.ScalingConfig(num_workers=WORLD, use_gpu=False,
                                                resources_per_worker={"CPU": 1}),
         run_config=ray.train.RunConfig(name=f"bench-{engine_kind}-{time.time_ns()}",
@@ -177,7 +192,8 @@ def run_ray_train(engine_kind: str, opts: dict[str, Any], storage: str) -> list[
     result = trainer.fit()
     if result.error:
         raise RuntimeError(f"Ray Train {engine_kind} failed: {result.error}")
-    return json.loads(result.metrics["times"])
+    with open(out) as f:
+        return json.load(f)
 
 
 def main() -> None:

@@ -407,8 +407,7 @@ def run_sample(cfg: DictConfig, match_stats: list[dict[str, Any]],
         for sub in ("shards", "index", "stats"):
             storage.remove(storage.join(out, sub), recursive=True)
     storage.write_text(marker, key)
-    names = [s["shard"] for s in match_stats]
-    names = [shard_name(n) for n in names]
+    names = [shard_name(s["shard"]) for s in match_stats]
     done = {posixpath.basename(u)[: -len(".json")]
             for u in storage.glob(storage.join(out, "stats", "*.json"))}
     todo = [n for n in names if n not in done]

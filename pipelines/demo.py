@@ -131,8 +131,10 @@ def run_compare(cfg: DictConfig, counts: list[float]) -> dict[str, Any]:
     for mode, _ in COMPARE_MODES:
         for seed in cfg.demo.seeds:
             tag = f"{mode}-s{seed}"
+            data = f"{cfg.demo.out}/compare/{tag}/data"
+            # the config is resolved: derived keys (train.data) are set explicitly
             c = _with(cfg, f"curation.threshold_mode={mode}", f"curation.seed={seed}",
-                      f"curation.balanced_out={cfg.demo.out}/compare/{mode}-s{seed}/data",
+                      f"curation.balanced_out={data}", f"train.data={data}",
                       f"train.seed={seed}", f"train.name=compare-{tag}",
                       f"eval.out={cfg.demo.out}/compare/{tag}/eval")
             card = curate.run_rebalance(c)

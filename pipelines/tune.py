@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from ray.train.v2._internal.execution.callback import WorkerGroupCallback
 from ray.tune import Callback
 from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
 
 from worldclip.platform import storage
 from worldclip.platform.config import ConfigError, apply_storage, save_config, validate
@@ -227,21 +228,50 @@ class EvalReportCallback(TuneReportCallback):
 
     The train loop's checkpoint reports carry no zero-shot metric; Tune's strict metric
     check would fail the trial on them, so only reports with the metric are forwarded. The
-    last forwarded report is also kept in the trial's folder (last_report.json)."""
+    forwarded reports are also kept in the trial's folder (reports.json): a restored sweep
+    replays them into ASHA's rungs (ResumableASHA)."""
 
-    def __init__(self, metric: str, extra: dict[str, Any], last_url: str) -> None:
+    def __init__(self, metric: str, extra: dict[str, Any], reports_url: str) -> None:
         super().__init__()
         self.metric = metric
         self.extra = extra
-        self.last_url = last_url
+        self.reports_url = reports_url
+        self.reports: list[dict[str, Any]] = []
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]],
                      checkpoint: Any) -> None:
         if not metrics or self.metric not in metrics[0]:
             return
         report = {**metrics[0], **self.extra}
-        storage.write_json(self.last_url, report)
+        self.reports.append(report)
+        storage.write_json(self.reports_url, self.reports)
         super().after_report(run_context, [report], None)
+
+
+class ResumableASHA(ASHAScheduler):
+    """ASHA that survives Tuner.restore.
+
+    Tune restores the trials and the search algorithm of an experiment but not its scheduler
+    (ray 2.60): the rungs of the trials finished before the restore would be forgotten and
+    the resumed sweep would stop trials against fewer (or no) rivals. When a finished trial
+    is re-added on restore, its reports (reports.json in its folder) are replayed here."""
+
+    def __init__(self, tune_out: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.tune_out = tune_out
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        from ray.tune.experiment import Trial
+
+        super().on_trial_add(tune_controller, trial)
+        url = reports_url(self.tune_out, trial.trial_id)
+        if trial.status != Trial.TERMINATED or not storage.exists(url):
+            return
+        bracket = self._trial_info[trial.trial_id]
+        for rep in storage.read_json(url):
+            if self._time_attr in rep and self._metric in rep:
+                bracket.on_result(trial, rep[self._time_attr],
+                                  self._metric_op * rep[self._metric])
 
 
 class PlacementGroupRecorder(WorkerGroupCallback):
@@ -318,6 +348,10 @@ def pg_list_url(tune_out: str, trial_id: str) -> str:
     return storage.join(trial_dir_for(tune_out, trial_id), "placement_groups.json")
 
 
+def reports_url(tune_out: str, trial_id: str) -> str:
+    return storage.join(trial_dir_for(tune_out, trial_id), "reports.json")
+
+
 def trial_dir_for(tune_out: str, trial_id: str) -> str:
     return storage.join(tune_out, "trials", trial_id)
 
@@ -333,7 +367,7 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], tokenizer: str) -> N
     tdir = trial_dir_for(base["tune"]["out"], trial_id)
     cfg = trial_config(base, params, tdir, tokenizer)
     apply_storage(cfg)
-    done_url, last_url = storage.join(tdir, "done.json"), storage.join(tdir, "last_report.json")
+    done_url = storage.join(tdir, "done.json")
     if storage.exists(done_url):
         # restarted after it had finished (the sweep's driver died before Tune recorded it):
         # report the final eval again instead of training again
@@ -352,13 +386,14 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], tokenizer: str) -> N
     log.info("trial %s: %s kept %d pairs; proxy training %d steps (%d epochs)", trial_id,
              params, summary["kept"], cfg.train.max_steps, cfg.train.epochs)
     trainer = train.build_trainer(cfg)
+    rep_url = reports_url(base["tune"]["out"], trial_id)
     trainer.run_config.callbacks += [
-        EvalReportCallback(METRIC, extra, last_url),
+        EvalReportCallback(METRIC, extra, rep_url),
         PlacementGroupRecorder(pg_list_url(base["tune"]["out"], trial_id))]
     trainer.fit()
-    last = storage.read_json(last_url) if storage.exists(last_url) else None
+    reports = storage.read_json(rep_url) if storage.exists(rep_url) else []
     storage.write_json(done_url, {"trial_id": trial_id, "params": params, "curation": summary,
-                                  "last": last})
+                                  "last": reports[-1] if reports else None})
 
 
 # ============================================================== Ray wiring: the driver
@@ -410,7 +445,6 @@ def ensure_tokenizer(cfg: DictConfig) -> str:
 def tune_config(tc: DictConfig) -> Any:
     """tune.TuneConfig: metric/mode, ASHA on the train step, the search algorithm."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     max_concurrent: int | None = int(tc.max_concurrent)
@@ -422,7 +456,7 @@ def tune_config(tc: DictConfig) -> Any:
         search_alg = BasicVariantGenerator(  # max_concurrent_trials beside a generator)
             random_state=int(tc.seed), max_concurrent=int(tc.max_concurrent))
         max_concurrent = None
-    scheduler = ASHAScheduler(time_attr=TIME_ATTR, max_t=int(tc.train_steps),
+    scheduler = ResumableASHA(str(tc.out), time_attr=TIME_ATTR, max_t=int(tc.train_steps),
                               grace_period=int(tc.grace_period),
                               reduction_factor=float(tc.reduction_factor),
                               stop_last_trials=False)  # a trial at max_t ends by itself

@@ -264,10 +264,6 @@ def glob(url_pattern: str) -> list[str]:
     return list(paths)
 
 
-def listdir(url: str) -> list[str]:
-    return glob(join(url, "*"))
-
-
 def makedirs(url: str) -> None:
     if not is_s3(url):
         os.makedirs(strip_scheme(url), exist_ok=True)

@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import make_config
 from omegaconf import OmegaConf
@@ -256,18 +257,25 @@ def test_sweep_killed_after_first_trial_then_restored(small_world, ray_session, 
                            "datacard.json").read_text())
         assert card["balancing"]["config"]["p"] == r["p"]
 
-    # ASHA: a trial is stopped at a rung only below an earlier trial's metric there
-    # (trials ran one at a time in grid order); one is stopped early, one completes
+    # ASHA, replayed by hand: trials ran one at a time in grid order; at each rung (steps 2
+    # and 4: grace 2 x reduction factor 2^k below max_t 6) a trial stops iff its metric is
+    # below the median of the earlier trials' metrics there. The first trial's rungs were
+    # recorded by the killed driver: the restored sweep must still compare against them.
     by_order = sorted(result["trials"], key=lambda r: r["trial_id"])
     assert [r["p"] for r in by_order] == P_GRID
+    hists = [dict(map(tuple, r["history"])) for r in by_order]
+    for i, (r, h) in enumerate(zip(by_order, hists, strict=True)):
+        assert sorted(h) == list(range(2, r["last_step"] + 1, 2))
+        stop_at = None
+        for rung in (2, 4):
+            prev = [e[rung] for e in hists[:i] if rung in e]
+            if prev and h[rung] < np.nanpercentile(prev, 50):
+                stop_at = rung
+                break
+        assert (r["status"], r["last_step"]) == (("stopped_early", stop_at) if stop_at
+                                                 else ("completed", 6)), (i, hists)
     statuses = Counter(r["status"] for r in rows)
-    assert statuses["stopped_early"] >= 1 and statuses["completed"] >= 1, statuses
-    for i, r in enumerate(by_order):
-        assert [s for s, _ in r["history"]] == list(range(2, r["last_step"] + 1, 2))
-        if r["status"] == "stopped_early":
-            step, metric = r["history"][-1]
-            earlier = [dict(map(tuple, e["history"])).get(step) for e in by_order[:i]]
-            assert any(m is not None and m > metric for m in earlier), (r, by_order[:i])
+    assert statuses["stopped_early"] >= 1 and statuses["completed"] >= 1, hists
 
     # outputs: tables, plot, and the best thresholds as a loadable curation config
     md = (tune_out / "results.md").read_text()

@@ -106,7 +106,7 @@ def worker_files(files: tuple[str, ...], seed: int, epoch: int, rank: int, world
 
 
 def _load_file(item: dict[str, Any], mode: str, seed: int, epoch: int) -> list[dict[str, Any]]:
-    """Ray Data flat_map: one file -> its rows of the epoch, shuffled (seeded), after `skip`."""
+    """One file -> its rows of the epoch, shuffled (seeded), after `skip`."""
     rows = redraw(read_rows(mode, item["url"]), mode, seed, epoch)
     if rows:
         u = balancing.uniform(seed, epoch, balancing.key_hash([r["key"] for r in rows]), 11)
@@ -198,12 +198,22 @@ def worker_stream(source: Source, tokenizer_dir: str, image_size: int, seed: int
         return None
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
-    # One fused task per file (read, redraw, shuffle, decode, augment, tokenize); fractional
-    # CPUs so every train worker's stream runs beside the workers on a small node.
+    # One task per file does everything (read, redraw, shuffle, decode, augment, tokenize):
+    # no intermediate blocks of raw image bytes. Fractional CPUs so every train worker's
+    # stream runs beside the workers on a small node.
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.flat_map(_load_file, fn_kwargs={"mode": source.mode, "seed": seed, "epoch": epoch},
-                     num_cpus=num_cpus)
-    return ds.map_batches(preprocess, fn_kwargs={
-        "tokenizer_dir": tokenizer_dir, "image_size": image_size, "seed": seed,
-        "epoch": epoch, "scale_min": scale_min}, batch_size=64, batch_format="numpy",
-        num_cpus=num_cpus)
+    return ds.map_batches(_file_batch, batch_size=1, batch_format="numpy", num_cpus=num_cpus,
+                          fn_kwargs={"mode": source.mode, "seed": seed, "epoch": epoch,
+                                     "tokenizer_dir": tokenizer_dir, "image_size": image_size,
+                                     "scale_min": scale_min})
+
+
+def _file_batch(items: Any, mode: str, seed: int, epoch: int, tokenizer_dir: str,
+                image_size: int, scale_min: float) -> dict[str, np.ndarray]:
+    """One file item -> its preprocessed rows of the epoch (in order)."""
+    item = {k: v[0] for k, v in items.items()}
+    rows = _load_file(item, mode, seed, epoch)
+    batch = {k: np.asarray([r[k] for r in rows], dtype=object)
+             for k in ("key", "image", "text")}
+    batch["pos"] = np.asarray([r["pos"] for r in rows], dtype=np.int64)
+    return preprocess(batch, tokenizer_dir, image_size, seed, epoch, scale_min)

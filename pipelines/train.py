@@ -97,9 +97,11 @@ class TrainState:
 def _skip_cpu_shm_op() -> None:
     """DeepSpeed compiles a shared-memory comm op at every CPU distributed init (~33 s,
     needs a compiler) that gloo training never uses (CONVENTIONS.md)."""
-    import deepspeed.comm.torch as ds_torch
+    import importlib
 
-    ds_torch.build_shm_op = lambda: None
+    # not `import deepspeed.comm.torch as m`: deepspeed.comm re-exports a name `torch`, which
+    # that statement would bind instead of the submodule
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
 
 
 def train_loop(config: dict[str, Any]) -> None:

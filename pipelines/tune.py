@@ -5,18 +5,24 @@ exist (running `curate` once if they do not); a trial only re-samples them with 
 (`curate.run_rebalance`: no LID, no matching) into <tune.out>/trials/<trial id>/data, trains
 the proxy model for tune.train_steps steps with Ray Train (`trainer.fit()` inside the function
 trainable; a TuneReportCallback forwards rank 0's zero-shot reports every tune.eval_every
-steps) and ASHA stops trials whose zero-shot top-1 falls behind at a rung.
+steps) and ASHA (clock: the train step) stops trials whose zero-shot top-1 falls behind.
 
 Every trial uses one tokenizer (train.tokenizer, or one trained here on all matched captions):
 thresholds change the curated captions, and a tokenizer per trial would confound the sweep.
 
+Resumable: an existing experiment (<tune.out>/<tune.name>, local or S3) is restored with
+Tuner.restore; finished trials keep their results (ASHA's rungs are rebuilt from them, which
+Tune itself does not do), unfinished ones start again.
+
 Outputs under tune.out:
-    <tune.name>/                 the Tune experiment (resumed when it exists)
-    trials/<trial id>/data       the trial's balanced sample + datacard.json
-    trials/<trial id>/proxy      the trial's Ray Train run (final checkpoint)
-    results.json, results.md     one row per trial: thresholds, curated sizes, metric
-    metric_vs_t_en.png           zero-shot top-1 against the (derived) English threshold
-    best_curation.yaml           the best thresholds: `worldclip curate --config` it
+    <tune.name>/                  the Tune experiment
+    tokenizer/                    the shared tokenizer (when train.tokenizer is empty)
+    trials/<trial id>/data        the trial's balanced sample + datacard.json
+    trials/<trial id>/proxy       the trial's Ray Train run (final checkpoint)
+    trials/<trial id>/reports.json, done.json   its forwarded reports; its end
+    results.json, results.md      one row per trial: thresholds, curated sizes, metric
+    metric_vs_t_en.png            zero-shot top-1 against the (derived) English threshold
+    best_curation.yaml            the best thresholds: `worldclip curate --config` it
 """
 
 from __future__ import annotations
@@ -555,8 +561,9 @@ def plot_metric(rows: list[dict[str, Any]], url: str) -> None:
         if not pts:
             continue
         pts.sort(key=lambda r: r["derived_t_en"])
-        xs = [r["derived_t_en"] for r in pts]
-        line, = ax.plot(xs, [r[METRIC] for r in pts], "-", alpha=0.5, label=mode)
+        full_pts = [r for r in pts if r["status"] == "completed"]  # same step: comparable
+        line, = ax.plot([r["derived_t_en"] for r in full_pts], [r[METRIC] for r in full_pts],
+                        "-", alpha=0.5, label=f"{mode} (completed)")
         for r in pts:
             full = r["status"] == "completed"
             ax.plot(r["derived_t_en"], r[METRIC], "o", color=line.get_color(),

@@ -105,6 +105,32 @@ def test_best_is_the_top_completed_trial_and_its_yaml_loads(tmp_path):
     assert wtune.pick_best([_row("x", 0.1, None, None)]) is None
 
 
+def test_restored_asha_remembers_finished_trials(tmp_path):
+    """Tune restores trials but not the scheduler: ResumableASHA replays a finished trial's
+    reports, so a later trial below it at a rung is still stopped after a restore."""
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    def make(cls, *args):
+        s = cls(*args, time_attr="step", max_t=6, grace_period=2, reduction_factor=2,
+                stop_last_trials=False)
+        s.set_search_properties(wtune.METRIC, "max")
+        return s
+
+    done = Trial("run_trial", trial_id="a_00000", stub=True)
+    done.set_status(Trial.TERMINATED)
+    storage.write_json(wtune.reports_url(str(tmp_path), "a_00000"),
+                       [{"step": 2, wtune.METRIC: 0.5}, {"step": 4, wtune.METRIC: 0.6}])
+    new = Trial("run_trial", trial_id="a_00001", stub=True)
+    restored, fresh = make(wtune.ResumableASHA, str(tmp_path)), make(ASHAScheduler)
+    for sched in (restored, fresh):  # what Tune.restore does: re-add every trial
+        sched.on_trial_add(None, done)
+        sched.on_trial_add(None, new)
+    worse = {"step": 2, wtune.METRIC: 0.4}
+    assert restored.on_trial_result(None, new, worse) == TrialScheduler.STOP
+    assert fresh.on_trial_result(None, new, worse) == TrialScheduler.CONTINUE  # Tune alone
+
+
 # ---------------------------------------------------------------- Ray Tune wiring
 
 @pytest.mark.slow

@@ -72,17 +72,6 @@ def synthetic_batch(opts: dict[str, Any], rank: int) -> tuple[Any, Any, Any]:
     return pixels, ids, mask
 
 
-def skip_cpu_shm_op() -> None:
-    """Skip DeepSpeed's shm comm op build on CPU (~33 s; gloo never uses it).
-
-    `import deepspeed.comm.torch as m` binds the *torch* package (deepspeed.comm re-exports
-    a name `torch`), so patch the submodule through sys.modules.
-    """
-    import importlib
-
-    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
-
-
 def build_step(engine_kind: str, opts: dict[str, Any], rank: int, world: int,
                ddp_wrap: Any = None) -> Any:
     """Model + optimizer + engine of `engine_kind` (ddp | zero2) on the initialised process
@@ -102,7 +91,7 @@ def build_step(engine_kind: str, opts: dict[str, Any], rank: int, world: int,
     if engine_kind == "zero2":
         import deepspeed
 
-        from worldclip.pipelines.train import deepspeed_config
+        from worldclip.pipelines.train import deepspeed_config, skip_cpu_shm_op
 
         skip_cpu_shm_op()
         tc = {"zero_stage": 2, "offload": False, "use_gpu": False, "precision": "fp32",

@@ -111,12 +111,10 @@ def build_engine(args: argparse.Namespace, config: Any, gpu: bool) -> tuple[Any,
     if args.engine == "deepspeed":
         import deepspeed
 
-        from worldclip.pipelines.train import deepspeed_config
+        from worldclip.pipelines.train import deepspeed_config, skip_cpu_shm_op
 
-        if not gpu:  # the shm comm op (~33 s compile) is never used by gloo; see train.py
-            import importlib
-
-            importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+        if not gpu:  # the shm comm op (~33 s compile) is never used by gloo
+            skip_cpu_shm_op()
         single_rank_env()
         deepspeed.init_distributed(dist_backend="nccl" if gpu else "gloo")
         tc = {"zero_stage": 2, "offload": False, "use_gpu": gpu,

@@ -81,6 +81,7 @@ class TrainState:
     seen_pairs: int = 0
     dropped_images: int = 0
     history: list[list[float]] = field(default_factory=list)  # [step, loss, lr]
+    evals: list[list[float]] = field(default_factory=list)  # [step, zero-shot top-1] (rank 0)
 
     def save(self, path: str) -> None:
         with open(path, "w") as f:
@@ -94,7 +95,7 @@ class TrainState:
 
 # ============================================================== the worker loop
 
-def _skip_cpu_shm_op() -> None:
+def skip_cpu_shm_op() -> None:
     """DeepSpeed compiles a shared-memory comm op at every CPU distributed init (~33 s,
     needs a compiler) that gloo training never uses (CONVENTIONS.md)."""
     import importlib
@@ -120,7 +121,7 @@ def train_loop(config: dict[str, Any]) -> None:
     from worldclip.pipelines.ingest import Source, worker_stream
 
     if not tc["use_gpu"]:
-        _skip_cpu_shm_op()
+        skip_cpu_shm_op()
     # Ray Train already set up torch.distributed (gloo on CPU, nccl on GPU); DeepSpeed's comm
     # layer wraps that group (zero.Init needs the real world size before initialize).
     deepspeed.init_distributed(dist_backend=dist.get_backend())
@@ -270,26 +271,35 @@ _EVAL_CACHE: dict[str, Any] = {}
 
 def _report_eval(engine: Any, state: TrainState, rank: int, loss: float,
                  config: dict[str, Any], tok_dir: str) -> None:
-    """All ranks report; rank 0 adds zero-shot top-1 on the eval set (for Tune's ASHA).
-    ZeRO-3 shards parameters, so the in-training eval needs stage 0-2."""
+    """All ranks report; rank 0 adds zero-shot top-1 on the eval set (for Tune's ASHA and
+    the run's eval history). Under ZeRO-3 every rank gathers the parameters (a collective)
+    and rank 0 evaluates the full model."""
+    import contextlib
+
+    import deepspeed
     import ray.train
 
     metrics: dict[str, Any] = {"step": state.step, "epoch": state.epoch, "loss": loss,
                                "seen_pairs": state.seen_pairs}
-    if rank == 0:
-        from worldclip.models.tokenizer import load_tokenizer
-        from worldclip.pipelines import evaluate
+    model = engine.module
+    gather = (deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+              if int(config["train"]["zero_stage"]) == 3 else contextlib.nullcontext())
+    with gather:
+        if rank == 0:
+            from worldclip.models.tokenizer import load_tokenizer
+            from worldclip.pipelines import evaluate
 
-        if "set" not in _EVAL_CACHE:
-            _EVAL_CACHE["set"] = evaluate.load_eval_set(config["eval_data"])
-            _EVAL_CACHE["tok"] = load_tokenizer(tok_dir)
-        model = engine.module
-        was_training = model.training
-        m = evaluate.evaluate_model(model, _EVAL_CACHE["tok"], _EVAL_CACHE["set"])
-        model.train(was_training)
-        metrics["zero_shot_top1"] = m["overall"]["top1"]
-        metrics["i2t_r@1"] = m["overall"].get("i2t_r@1")
-        log.info("step %d eval: zero-shot top-1 %.4f", state.step, metrics["zero_shot_top1"])
+            if "set" not in _EVAL_CACHE:
+                _EVAL_CACHE["set"] = evaluate.load_eval_set(config["eval_data"])
+                _EVAL_CACHE["tok"] = load_tokenizer(tok_dir)
+            was_training = model.training
+            m = evaluate.evaluate_model(model, _EVAL_CACHE["tok"], _EVAL_CACHE["set"])
+            model.train(was_training)
+            metrics["zero_shot_top1"] = m["overall"]["top1"]
+            metrics["i2t_r@1"] = m["overall"].get("i2t_r@1")
+            state.evals.append([state.step, metrics["zero_shot_top1"]])
+            log.info("step %d eval: zero-shot top-1 %.4f", state.step,
+                     metrics["zero_shot_top1"])
     ray.train.report(metrics)
 
 

@@ -251,9 +251,6 @@ def validate(cfg: DictConfig) -> None:
         v = _get(cfg, key)
         if not 0.0 <= v <= 1.0:
             raise ConfigError(f"config {key}={v!r}: must be in [0, 1]")
-    if cfg.train.eval_every and cfg.train.zero_stage == 3:
-        raise ConfigError("config train.eval_every>0 with train.zero_stage=3: in-training eval "
-                          "needs unsharded weights; use zero_stage 0-2 or train.eval_every=0")
     if cfg.train.offload and cfg.train.zero_stage == 0:
         raise ConfigError("config train.offload=true needs train.zero_stage 1, 2 or 3")
     if cfg.train.precision != "fp32" and not cfg.train.use_gpu:

@@ -130,7 +130,7 @@ def test_zero_stage_trains(small_world, s3_bucket, stage):
     extra = [f"train.zero_stage={stage}", f"train.name=z{stage}"]
     if stage == 3:
         extra += [f"train.out={s3_bucket}/runs-z3", "train.checkpoint_every=4",
-                  "train.fail_at_step=6"]
+                  "train.fail_at_step=6", "train.eval_every=4"]
     cfg = _cfg(small_world, *extra)
     result = train.run(cfg)
     state = _state(cfg)
@@ -138,6 +138,9 @@ def test_zero_stage_trains(small_world, s3_bucket, stage):
     losses = _losses(state)
     assert np.mean(losses[-4:]) < np.mean(losses[:4])
     if stage == 3:
+        # in-training eval under ZeRO-3 gathers the sharded weights on every rank
+        assert [e[0] for e in state["evals"]] == [4, 8, 12]
+        assert all(0.0 <= e[1] <= 1.0 for e in state["evals"])
         ckpts = storage.glob(storage.join(train.run_dir(cfg), "checkpoint_*"))
         assert ckpts and all(c.startswith("s3://") for c in ckpts)
         assert storage.exists(storage.join(result["export"], "model.safetensors"))

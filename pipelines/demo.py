@@ -78,15 +78,15 @@ def accuracy_summary(metrics: dict[str, Any], counts: list[float]) -> dict[str, 
             "per_language": {g: metrics["zero_shot"][g]["top1"] for g in metrics["languages"]}}
 
 
-def _train_and_eval(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any], list]:
+def _train_and_eval(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any], dict]:
     result = train.run(cfg)
     ckpt = train.latest_checkpoint(train.run_dir(cfg))
-    history = storage.read_json(storage.join(ckpt, "state.json"))["history"]
+    state = storage.read_json(storage.join(ckpt, "state.json"))
     model, tok = evaluate.load_model(result["export"])
     metrics = evaluate.evaluate_model(model, tok, evaluate.load_eval_set(cfg.eval.data),
                                       batch_size=cfg.eval.batch_size)
     storage.write_json(storage.join(cfg.eval.out, "metrics.json"), metrics)
-    return result, metrics, history
+    return result, metrics, state
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -100,19 +100,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     wsum, times["world"] = _stage("world", _ensure_world, cfg)
     card, times["curate"] = _stage("curate", curate.run, cfg)
     card = storage.read_json(storage.join(cfg.curation.balanced_out, "datacard.json"))
-    (result, metrics, history), times["train+eval"] = _stage(
+    (result, metrics, state), times["train+eval"] = _stage(
         "train + eval", _train_and_eval, _with(cfg, f"eval.out={out}/eval"))
     counts = concept_counts(wsum, metrics["num_classes"])
     acc = accuracy_summary(metrics, counts)
-    plots = _plots(out, history, metrics, cfg.curation.balanced_out)
+    plots = _plots(out, state, metrics, cfg.curation.balanced_out)
     compare = run_compare(cfg, counts) if cfg.demo.compare else None
     times["total"] = time.time() - t0
     langs = wsum.get("by_language", {})
     report = {"world": {"pairs": wsum["pairs"], "concepts": len(wsum["concepts"]),
                         "english_share": langs.get("en", 0) / max(1, sum(langs.values()))},
               "curation": card["accounting"], "t_lang": card["balancing"]["t_lang"],
-              "train": {k: result[k] for k in ("steps", "seen_pairs", "first_loss",
-                                                "final_loss", "dropped_images")},
+              "train": {**{k: result[k] for k in ("steps", "seen_pairs", "first_loss",
+                                                   "final_loss", "dropped_images")},
+                        "zero_shot_during_training": state.get("evals", [])},
               "eval": acc, "chance_top1": metrics["chance_top1"], "compare": compare,
               "seconds": {k: round(v, 1) for k, v in times.items()}, "plots": plots}
     storage.write_json(storage.join(out, "report.json"), report)
@@ -157,14 +158,21 @@ def run_compare(cfg: DictConfig, counts: list[float]) -> dict[str, Any]:
     return {"seeds": list(cfg.demo.seeds), "table": table, "runs": runs}
 
 
-def _plots(out: str, history: list, metrics: dict[str, Any], curated: str) -> list[str]:
+def _plots(out: str, state: dict[str, Any], metrics: dict[str, Any], curated: str
+           ) -> list[str]:
     urls = []
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    steps = [h[0] for h in history]
-    ax.plot(steps, [h[1] for h in history], lw=0.8)
+    history = state["history"]
+    ax.plot([h[0] for h in history], [h[1] for h in history], lw=0.8)
     ax.set_xlabel("step")
     ax.set_ylabel("InfoNCE loss (rank 0)")
-    ax.set_title("training loss")
+    ax.set_title("training loss; zero-shot top-1 during training (right)")
+    if state.get("evals"):
+        ax2 = ax.twinx()
+        ax2.plot([e[0] for e in state["evals"]], [e[1] for e in state["evals"]], "o-",
+                 color="tab:orange")
+        ax2.set_ylabel("zero-shot top-1")
+        ax2.set_ylim(0, 1)
     urls.append(storage.join(out, "plots", "loss.png"))
     save_figure(fig, urls[-1])
     urls.append(storage.join(out, "plots", "zero_shot_top1.png"))

@@ -13,7 +13,8 @@ from worldclip.platform.config import apply_storage
 
 TINY = ["world.pairs=900", "world.pairs_per_shard=300", "world.concepts=30",
         "world.eval_per_concept=2", "train.max_steps=6", "train.batch_size_per_worker=16",
-        "train.checkpoint_every=3", "train.log_every=2", "train.tokenizer_vocab=1000"]
+        "train.checkpoint_every=3", "train.log_every=2", "train.tokenizer_vocab=1000",
+        "train.eval_every=3"]
 
 
 @pytest.mark.slow
@@ -26,6 +27,7 @@ def test_demo_writes_report(ray_session, tmp_path):
     a = report["curation"]
     assert a["pairs_in"] == 900 == a["kept"] + sum(a["dropped"].values())
     assert report["train"]["steps"] == 6
+    assert [e[0] for e in report["train"]["zero_shot_during_training"]] == [3, 6]
     assert 0.0 <= out["top1"] <= 1.0 and out["chance"] == pytest.approx(1 / 30)
     md = (tmp_path / "demo" / "report.md").read_text()
     assert "| language |" in md and "zero-shot" in md

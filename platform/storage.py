@@ -236,6 +236,7 @@ def atomic_writer(url: str) -> Iterator[io.BufferedIOBase]:
             # abort the multipart upload: the object never appears
             with contextlib.suppress(Exception):
                 f.discard()
+                f.closed = True  # discarded: nothing left for __del__ to flush
             raise
         retry(f.close, what=f"commit {url}")
         return

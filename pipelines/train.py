@@ -272,29 +272,25 @@ _EVAL_CACHE: dict[str, Any] = {}
 def _report_eval(engine: Any, state: TrainState, rank: int, loss: float,
                  config: dict[str, Any], tok_dir: str) -> None:
     """All ranks report; rank 0 adds zero-shot top-1 on the eval set (for Tune's ASHA and
-    the run's eval history). Under ZeRO-3 every rank gathers the parameters (a collective)
-    and rank 0 evaluates the full model."""
-    import contextlib
-
-    import deepspeed
+    the run's eval history). Under ZeRO-3 every rank runs the same eval forward passes, so
+    the sharded parameters are fetched collectively as in training; below stage 3 rank 0
+    alone evaluates its full replica."""
     import ray.train
 
     metrics: dict[str, Any] = {"step": state.step, "epoch": state.epoch, "loss": loss,
                                "seen_pairs": state.seen_pairs}
-    model = engine.module
-    gather = (deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
-              if int(config["train"]["zero_stage"]) == 3 else contextlib.nullcontext())
-    with gather:
-        if rank == 0:
-            from worldclip.models.tokenizer import load_tokenizer
-            from worldclip.pipelines import evaluate
+    if rank == 0 or int(config["train"]["zero_stage"]) == 3:
+        from worldclip.models.tokenizer import load_tokenizer
+        from worldclip.pipelines import evaluate
 
-            if "set" not in _EVAL_CACHE:
-                _EVAL_CACHE["set"] = evaluate.load_eval_set(config["eval_data"])
-                _EVAL_CACHE["tok"] = load_tokenizer(tok_dir)
-            was_training = model.training
-            m = evaluate.evaluate_model(model, _EVAL_CACHE["tok"], _EVAL_CACHE["set"])
-            model.train(was_training)
+        if "set" not in _EVAL_CACHE:
+            _EVAL_CACHE["set"] = evaluate.load_eval_set(config["eval_data"])
+            _EVAL_CACHE["tok"] = load_tokenizer(tok_dir)
+        model = engine.module
+        was_training = model.training
+        m = evaluate.evaluate_model(model, _EVAL_CACHE["tok"], _EVAL_CACHE["set"])
+        model.train(was_training)
+        if rank == 0:
             metrics["zero_shot_top1"] = m["overall"]["top1"]
             metrics["i2t_r@1"] = m["overall"].get("i2t_r@1")
             state.evals.append([state.step, metrics["zero_shot_top1"]])

@@ -40,6 +40,7 @@ label -> group; unknown labels go to "other") and ``{out}/manifest.json``.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -589,9 +590,9 @@ class Caps:
 
     @classmethod
     def from_config(cls, m: Any) -> Caps:
-        return cls(unigram_cap=int(m.unigram_cap), unigram_fraction=float(m.unigram_fraction),
-                   bigram_cap=int(m.bigram_cap), bigram_min_pmi=float(m.bigram_min_pmi),
-                   title_cap=int(m.title_cap), title_fraction=float(m.title_fraction))
+        """The same-named fields of MetadataConfig, with this dataclass's types."""
+        return cls(**{f.name: type(getattr(cls, f.name))(getattr(m, f.name))
+                      for f in dataclasses.fields(cls)})
 
 
 @dataclass
@@ -638,6 +639,16 @@ def build_language(code: str, src: LanguageSources, caps: Caps = Caps()) -> Lang
         seen[entry] = tag
         return True
 
+    def add_ranked(candidates: Iterable[str], cap: int, tag: str) -> None:
+        """Add candidates in rank order until `cap` new entries (skipped ones don't count)."""
+        added = 0
+        for c in candidates if cap > 0 else ():
+            m = _clean(c)
+            if m is not None and add(m, tag):
+                added += 1
+                if added >= cap:
+                    return
+
     for n in NUMBERS:
         add(n, "numbers")
     for lemma in src.wordnet:
@@ -647,37 +658,16 @@ def build_language(code: str, src: LanguageSources, caps: Caps = Caps()) -> Lang
 
     distinct_u = src.unigram_distinct if src.unigram_distinct is not None else len(src.unigrams)
     cap_u = min(caps.unigram_cap, int(distinct_u * caps.unigram_fraction))
-    added_u = 0
-    if cap_u > 0:
-        for w in _ranked(src.unigrams):
-            m = _clean(w)
-            if m is not None and add(m, "unigram"):
-                added_u += 1
-                if added_u >= cap_u:
-                    break
+    add_ranked(_ranked(src.unigrams), cap_u, "unigram")
 
     pmi = src.bigram_pmi if src.bigram_pmi is not None else bigram_pmi(src.unigrams,
                                                                        src.bigrams)
     passing = {k: v for k, v in pmi.items() if v > caps.bigram_min_pmi}
     cap_b = min(caps.bigram_cap, len(src.bigrams) if src.bigrams else len(pmi))
-    added_b = 0
-    if cap_b > 0:
-        for key in _ranked(passing):
-            m = _clean(bigram_surface(key, code))
-            if m is not None and add(m, "bigram"):
-                added_b += 1
-                if added_b >= cap_b:
-                    break
+    add_ranked((bigram_surface(k, code) for k in _ranked(passing)), cap_b, "bigram")
 
     cap_t = min(caps.title_cap, int(len(src.titles) * caps.title_fraction))
-    added_t = 0
-    if cap_t > 0:
-        for title in _ranked(src.titles):
-            m = _clean(title)
-            if m is not None and add(m, "title"):
-                added_t += 1
-                if added_t >= cap_t:
-                    break
+    add_ranked(_ranked(src.titles), cap_t, "title")
 
     stats = {
         "unigram_source": src.unigram_source or None,

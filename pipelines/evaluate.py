@@ -453,15 +453,6 @@ def resolve_checkpoint(path: str) -> str:
     return hf_dir
 
 
-def _download_dir(url: str, dest: str) -> None:
-    for f in storage.glob(storage.join(url, "*")):
-        name = posixpath.basename(f)
-        if storage.filesystem(f).isdir(storage.strip_scheme(f)):
-            continue  # a save_pretrained dir is flat; sub-folders are not model files
-        with open(os.path.join(dest, name), "wb") as out:
-            out.write(storage.read_bytes(f))
-
-
 def load_model(path: str) -> tuple[ClipModel, PreTrainedTokenizerBase]:
     """(ClipModel in eval mode on CPU, tokenizer) from an HF dir (exported worldclip model or a
     released MetaCLIP 2 dir with its tokenizer), a run dir or checkpoint (via the trainer's
@@ -472,7 +463,7 @@ def load_model(path: str) -> tuple[ClipModel, PreTrainedTokenizerBase]:
     hf_url = resolve_checkpoint(str(path))
     if storage.is_s3(hf_url):
         with tempfile.TemporaryDirectory(prefix="worldclip-eval-") as tmp:
-            _download_dir(hf_url, tmp)
+            storage.download_dir(hf_url, tmp)
             model, tokenizer = load_hf(tmp)
     else:
         model, tokenizer = load_hf(storage.strip_scheme(hf_url))

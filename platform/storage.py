@@ -289,9 +289,7 @@ def local_dir(url: str, cache_root: str | None = None) -> str:
     dest = os.path.join(root, hashlib.sha256(url.encode()).hexdigest()[:16])
     if not os.path.isdir(dest):
         tmp = f"{dest}.tmp-{uuid.uuid4().hex[:8]}"
-        fs = filesystem(url)
-        retry(lambda: fs.get(strip_scheme(url).rstrip("/") + "/", tmp, recursive=True),
-              what=f"download {url}")
+        download_dir(url, tmp)
         os.makedirs(root, exist_ok=True)
         try:
             os.replace(tmp, dest)
@@ -300,6 +298,13 @@ def local_dir(url: str, cache_root: str | None = None) -> str:
 
             shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+def download_dir(url: str, dest: str) -> None:
+    """Copy the directory at url into the local folder dest (with retries)."""
+    fs = filesystem(url)
+    retry(lambda: fs.get(strip_scheme(url).rstrip("/") + "/", dest.rstrip("/") + "/",
+                         recursive=True), what=f"download {url}")
 
 
 def upload_dir(local: str, url: str) -> None:

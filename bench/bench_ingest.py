@@ -65,7 +65,7 @@ def dataloader_pass(data: str, tok_dir: str, image_size: int, workers: int) -> d
                     out = ingest.preprocess(batch, tok_dir, image_size, 0, 0)
                     yield {k: torch.from_numpy(v) for k, v in out.items()}
 
-    ingest._tokenizer(tok_dir)  # loaded before the fork, as a warm Ray worker holds it
+    ingest.cached_tokenizer(tok_dir)  # loaded before the fork, as a warm Ray worker holds it
     loader = DataLoader(CuratedFiles(), batch_size=None, num_workers=workers,
                         multiprocessing_context="fork", prefetch_factor=2)
     t0 = time.perf_counter()

@@ -121,7 +121,8 @@ def _load_file(item: dict[str, Any], mode: str, seed: int, epoch: int) -> list[d
 
 
 @functools.lru_cache(maxsize=2)
-def _tokenizer(path: str) -> Any:
+def cached_tokenizer(path: str) -> Any:
+    """load_tokenizer once per worker process (path: local dir or hub id)."""
     from worldclip.models.tokenizer import load_tokenizer
 
     return load_tokenizer(path)
@@ -153,7 +154,7 @@ def preprocess(batch: dict[str, np.ndarray], tokenizer_dir: str, image_size: int
         dropped.append(pending)
         pending = 0
     if texts:
-        tok = tokenize(_tokenizer(tokenizer_dir), texts, return_tensors="np")
+        tok = tokenize(cached_tokenizer(tokenizer_dir), texts, return_tensors="np")
     else:
         tok = {"input_ids": np.zeros((0, 77), np.int64),
                "attention_mask": np.zeros((0, 77), np.int64)}

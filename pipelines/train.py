@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import signal
 import tempfile
 import time
@@ -131,7 +130,7 @@ def train_loop(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
 
     # -- model (MetaClip2 architecture, (1,)-shaped logit scale for DeepSpeed)
-    tok_dir = storage.local_dir(config["tokenizer"])
+    tok_dir = tokenizer_path(config["tokenizer"])
     mcfg = build_config(tc["preset"], vocab_size=config["vocab_size"],
                         **({"vision_config": {"image_size": tc["image_size"]}}
                            if tc["image_size"] else {}))
@@ -220,7 +219,7 @@ def train_loop(config: dict[str, Any]) -> None:
                     and rank == world - 1:
                 _maybe_die(config)
             if tc["eval_every"] and state.step % int(tc["eval_every"]) == 0:
-                _report_eval(engine, state, rank, loss_v, config, tok_dir)
+                _report_eval(engine, state, rank, loss_v, config)
             every = int(tc["checkpoint_every"])
             if every and state.step % every == 0:
                 _report(engine, state, rank, loss_v, config)
@@ -260,7 +259,8 @@ def _report(engine: Any, state: TrainState, rank: int, loss: float,
             state.save(os.path.join(d, "state.json"))
             with open(os.path.join(d, "model_config.json"), "w") as f:
                 json.dump(engine.module.config.to_dict(), f)
-            shutil.copytree(storage.local_dir(config["tokenizer"]), os.path.join(d, "tokenizer"))
+            # save_pretrained, not a copy: the tokenizer may be a hub id (XLM-V, mT5)
+            _tokenizer(config["tokenizer"]).save_pretrained(os.path.join(d, "tokenizer"))
         metrics = {"step": state.step, "epoch": state.epoch, "loss": loss,
                    "seen_pairs": state.seen_pairs, "dropped_images": state.dropped_images}
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
@@ -270,7 +270,7 @@ _EVAL_CACHE: dict[str, Any] = {}
 
 
 def _report_eval(engine: Any, state: TrainState, rank: int, loss: float,
-                 config: dict[str, Any], tok_dir: str) -> None:
+                 config: dict[str, Any]) -> None:
     """All ranks report; rank 0 adds zero-shot top-1 on the eval set (for Tune's ASHA and
     the run's eval history). Under ZeRO-3 every rank runs the same eval forward passes, so
     the sharded parameters are fetched collectively as in training; below stage 3 rank 0
@@ -280,15 +280,13 @@ def _report_eval(engine: Any, state: TrainState, rank: int, loss: float,
     metrics: dict[str, Any] = {"step": state.step, "epoch": state.epoch, "loss": loss,
                                "seen_pairs": state.seen_pairs}
     if rank == 0 or int(config["train"]["zero_stage"]) == 3:
-        from worldclip.models.tokenizer import load_tokenizer
         from worldclip.pipelines import evaluate
 
         if "set" not in _EVAL_CACHE:
             _EVAL_CACHE["set"] = evaluate.load_eval_set(config["eval_data"])
-            _EVAL_CACHE["tok"] = load_tokenizer(tok_dir)
         model = engine.module
         was_training = model.training
-        m = evaluate.evaluate_model(model, _EVAL_CACHE["tok"], _EVAL_CACHE["set"])
+        m = evaluate.evaluate_model(model, _tokenizer(config["tokenizer"]), _EVAL_CACHE["set"])
         model.train(was_training)
         if rank == 0:
             metrics["zero_shot_top1"] = m["overall"]["top1"]
@@ -322,6 +320,22 @@ def _tensorboard(config: dict[str, Any]) -> Any:
 
 # ============================================================== driver side
 
+def tokenizer_path(url: str) -> str:
+    """What load_tokenizer takes for train.tokenizer: a local copy of an s3:// directory, a
+    local directory, or a hub id (XLM-V, mT5) left as it is."""
+    if storage.is_s3(url):
+        return storage.local_dir(url)
+    local = storage.strip_scheme(url)
+    return local if os.path.isdir(local) else url
+
+
+def _tokenizer(url: str) -> Any:
+    """The run's tokenizer, loaded once per worker process (shared with the ingest)."""
+    from worldclip.pipelines.ingest import cached_tokenizer
+
+    return cached_tokenizer(tokenizer_path(url))
+
+
 def prepare_tokenizer(cfg: DictConfig) -> tuple[str, int]:
     """The tokenizer URL and vocab size: a given HF tokenizer, or one trained on the curated
     captions and saved with the dataset (<data>/tokenizer)."""
@@ -337,7 +351,7 @@ def prepare_tokenizer(cfg: DictConfig) -> tuple[str, int]:
             train_tokenizer(Source.open(tc.data).captions(), vocab_size=tc.tokenizer_vocab,
                             out_dir=d)
             storage.upload_dir(d, url)
-    tok = load_tokenizer(storage.local_dir(url) if storage.is_s3(url) else url)
+    tok = load_tokenizer(tokenizer_path(url))
     return url, len(tok)
 
 

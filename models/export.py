@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import MetaClip2Model, PreTrainedTokenizerBase
+from transformers import CLIPProcessor, MetaClip2Model, PreTrainedTokenizerBase
 
 from worldclip.models.clip import ClipModel, from_hf, to_hf
+from worldclip.models.presets import OPENAI_MEAN, OPENAI_STD
 from worldclip.models.tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -37,10 +38,29 @@ def save_hf(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     to_hf(clip_model).save_pretrained(str(out), safe_serialization=True)
+    image_processor = eval_image_processor(int(clip_model.config.vision_config.image_size))
     if tokenizer is not None:
-        tokenizer.save_pretrained(str(out))
+        # The processor (image processor + tokenizer) makes the directory complete for
+        # AutoProcessor and transformers pipelines ("zero-shot-image-classification").
+        CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(
+            str(out))
+    else:
+        image_processor.save_pretrained(str(out))
     logger.info("saved MetaClip2Model%s to %s", " and tokenizer" if tokenizer else "", out)
     return out
+
+
+def eval_image_processor(size: int) -> Any:
+    """The HF image processor that reproduces the project's eval transform
+    (models' `eval_transform`: short side resized to `size` with bicubic, centre crop
+    size x size, RGB, scaled to [0, 1], OpenAI mean/std)."""
+    from transformers import CLIPImageProcessorPil
+
+    return CLIPImageProcessorPil(
+        do_resize=True, size={"shortest_edge": size}, resample=3,  # PIL.Image.BICUBIC
+        do_center_crop=True, crop_size={"height": size, "width": size},
+        do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
+        image_mean=list(OPENAI_MEAN), image_std=list(OPENAI_STD), do_convert_rgb=True)
 
 
 def load_hf(

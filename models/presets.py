@@ -24,6 +24,9 @@ PAD_TOKEN_ID = 1
 EOS_TOKEN_ID = 2
 CONTEXT_LENGTH = 77
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
+# Image normalisation of every preset (OpenAI CLIP's mean/std, as MetaCLIP 2 trains with).
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def _preset(

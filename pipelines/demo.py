@@ -9,7 +9,6 @@ rebalance many": the comparison re-samples the stored matches, it never matches 
 
 from __future__ import annotations
 
-import html
 import logging
 import time
 from typing import Any
@@ -199,11 +198,18 @@ def render_markdown(r: dict[str, Any], card: dict[str, Any]) -> str:
         f"- accounting: {a['identity']} (in = kept + dropped)",
         "- dropped: " + ", ".join(f"{k} {v}" for k, v in sorted(a["dropped"].items())),
         f"- p = {card['balancing']['p']:.4f}, t_en = {card['balancing']['t_en']}", "",
-        "| language | raw pairs | matched | kept | t_lang |", "|---|---:|---:|---:|---:|",
+        "Rows are pairs that have a caption, by the language of their first caption "
+        "(fastText lid.176): pairs in = not matched + matched, matched = kept + sampled out. "
+        "The last column counts kept pairs by the language of the caption drawn for "
+        "training (a pair may carry captions in several languages).", "",
+        "| language | pairs in | not matched (pairs) | matched (pairs) | kept (pairs) "
+        "| kept (pairs, by drawn caption) | t_lang (matches per entry) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for g, v in card["languages"].items():
         t = card["balancing"]["t_lang"].get(g, "-")
-        lines.append(f"| {g} | {v['pairs_in']} | {v['matched']} | {v['kept']} | {t} |")
+        lines.append(f"| {g} | {v['pairs_in']} | {v['pairs_in'] - v['matched']} | "
+                     f"{v['matched']} | {v['kept']} | {v.get('kept_by_caption', '-')} | {t} |")
     tr = r["train"]
     lines += ["", "![languages](plots/languages.png) ![long tail](plots/long_tail.png)", "",
               "## Training (Ray Train, 2 workers, DeepSpeed ZeRO-2, tiny MetaClip2)", "",
@@ -235,35 +241,11 @@ def render_markdown(r: dict[str, Any], card: dict[str, Any]) -> str:
 
 
 def render_html(md: str) -> str:
-    """A self-contained HTML page of the Markdown report (tables and images rendered)."""
-    body, in_table = [], False
-    for line in md.splitlines():
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if set("".join(cells)) <= set("-: "):
-                continue
-            if not in_table:
-                body.append("<table>")
-                in_table = True
-            body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-            continue
-        if in_table:
-            body.append("</table>")
-            in_table = False
-        if line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{html.escape(line.lstrip('# '))}</h{level}>")
-        elif line.startswith("!["):
-            for part in line.split(" "):
-                alt, _, src = part[2:].partition("](")
-                body.append(f'<img alt="{html.escape(alt)}" src="{html.escape(src[:-1])}" '
-                            'style="max-width:48%">')
-        elif line.startswith("- "):
-            body.append(f"<li>{html.escape(line[2:])}</li>")
-        elif line:
-            body.append(f"<p>{html.escape(line)}</p>")
-    if in_table:
-        body.append("</table>")
+    """A self-contained HTML page of the Markdown report, rendered by python-markdown
+    (tables extension); image links stay relative to the report's folder."""
+    import markdown
+
+    body = markdown.markdown(md, extensions=["tables"], output_format="html")
     return ("<!doctype html><meta charset='utf-8'><title>worldclip demo</title><style>"
-            "body{font-family:sans-serif;max-width:1000px;margin:auto}td{padding:2px 8px;"
-            "border-bottom:1px solid #ddd}</style>" + "\n".join(body))
+            "body{font-family:sans-serif;max-width:1000px;margin:auto}td,th{padding:2px 8px;"
+            "border-bottom:1px solid #ddd}img{max-width:48%}</style>\n" + body)

@@ -30,12 +30,12 @@ def plot_curation(card: dict[str, Any], counts: dict[str, np.ndarray], threshold
     after = [card["languages"][g]["kept"] for g in langs]
     fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(langs)), 4))
     x = np.arange(len(langs))
-    ax.bar(x - 0.27, before, 0.27, label="raw pairs")
-    ax.bar(x, matched, 0.27, label="matched")
-    ax.bar(x + 0.27, after, 0.27, label="kept (balanced)")
+    ax.bar(x - 0.27, before, 0.27, label="pairs in (with a caption)")
+    ax.bar(x, matched, 0.27, label="matched pairs")
+    ax.bar(x + 0.27, after, 0.27, label="kept pairs (balanced)")
     ax.set_xticks(x, langs, rotation=45)
     ax.set_yscale("log")
-    ax.set_ylabel("pairs")
+    ax.set_ylabel("pairs, by first caption's language")
     ax.set_title("Pairs per language before and after balancing")
     ax.legend()
     urls = [storage.join(out, "languages.png")]

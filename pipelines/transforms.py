@@ -14,8 +14,10 @@ import warnings
 import numpy as np
 from PIL import Image
 
-OPENAI_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
-OPENAI_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
+from worldclip.models import presets
+
+OPENAI_MEAN = np.array(presets.OPENAI_MEAN, dtype=np.float32)
+OPENAI_STD = np.array(presets.OPENAI_STD, dtype=np.float32)
 MAX_PIXELS = 64_000_000  # decoded images above this are rejected (decompression bombs)
 
 

@@ -7,12 +7,14 @@ name the key, the bad value and what is allowed.
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -85,7 +87,10 @@ class CurationConfig:
     seed: int = 0
     batch_size: int = 512
     concurrency: int = 2
+    # Offline curated shards: at most this many pairs / bytes per tar (bytes 0 = no limit);
+    # one input shard's kept pairs become <shard>.tar, <shard>-00001.tar, ...
     pairs_per_output_shard: int = 2000
+    bytes_per_output_shard: int = 0
 
 
 @dataclass
@@ -189,6 +194,31 @@ class JobConfig:
     address: str = "${oc.env:RAY_ADDRESS,http://127.0.0.1:8265}"
     working_dir: str = ""  # "" -> ship the installed package source
     pip: list[str] = field(default_factory=list)
+    # A job for a remote cluster may name local paths only when every node shares that
+    # filesystem (NFS, a gcsfuse mount); otherwise use object storage.
+    allow_local_paths: bool = False
+
+
+@dataclass
+class WatConfig:
+    # Common Crawl WAT files (.warc.wat.gz), a glob, local or s3:// (docs/curation.md,
+    # "Text-first curation from Common Crawl"); one Ray Data task per file.
+    input: str = ""
+    out: str = "${storage.root}/wat"  # text-only Parquet shards: curation.input=<out>/shards/*
+    snapshot: str = ""  # "" -> the CC-MAIN-YYYY-WW found in each file's path
+    concurrency: int = 2
+
+
+@dataclass
+class DownloadConfig:
+    # Text-first curation: the img2dataset URL list of a text-only curation (offline: the
+    # kept pairs; online: every pair with P > 0), one Parquet per curated shard.
+    list_out: str = "${curation.balanced_out}/download_list"
+    # img2dataset's output folder for that list (webdataset or parquet output format); when
+    # set, `worldclip join` and `worldclip train` join it to the match index by key.
+    images: str = ""
+    # the joined, trainable dataset (shards/*.tar offline, index/*.parquet online)
+    joined_out: str = "${curation.balanced_out}/joined"
 
 
 @dataclass
@@ -203,20 +233,149 @@ class Config:
     metadata: MetadataConfig = field(default_factory=MetadataConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     job: JobConfig = field(default_factory=JobConfig)
+    wat: WatConfig = field(default_factory=WatConfig)
+    download: DownloadConfig = field(default_factory=DownloadConfig)
 
 
 class ConfigError(ValueError):
     """A config value a user must change; the message names key, value and fix."""
 
 
-_CHOICES: dict[str, tuple[Any, ...]] = {
-    "curation.lid_backend": ("fasttext", "langdetect"),
-    "curation.threshold_mode": ("per_language", "single", "none"),
-    "curation.mode": ("offline", "online"),
-    "train.zero_stage": (0, 1, 2, 3),
-    "train.precision": ("fp32", "bf16", "fp16"),
-    "train.placement_strategy": ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
-    "tune.search": ("grid", "random", "optuna"),
+@dataclass(frozen=True)
+class Rule:
+    """What one config key accepts: `ok(value)` and the words for the error message."""
+
+    ok: Callable[[Any], bool]
+    allowed: str
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int(lo: int | None = None, null: bool = False) -> Rule:
+    def ok(v: Any) -> bool:
+        if v is None:
+            return null
+        return isinstance(v, int) and not isinstance(v, bool) and (lo is None or v >= lo)
+    what = "an integer" if lo is None else f"an integer >= {lo}"
+    return Rule(ok, what + (" or null" if null else ""))
+
+
+def _num(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+         hi_open: bool = False, null: bool = False) -> Rule:
+    """A finite number (nan and inf are never allowed) in [lo, hi] (open ends if asked)."""
+    def ok(v: Any) -> bool:
+        if v is None:
+            return null
+        if not _finite(v):
+            return False
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            return False
+        return hi is None or (v < hi if hi_open else v <= hi)
+    if lo is not None and hi is not None:
+        what = f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    elif lo is not None:
+        what = f"a finite number {'>' if lo_open else '>='} {lo:g}"
+    else:
+        what = "a finite number"
+    return Rule(ok, what + (" or null" if null else ""))
+
+
+def _choice(*opts: Any) -> Rule:
+    return Rule(lambda v: v in opts and not isinstance(v, bool), "one of "
+                + ", ".join(map(str, opts)))
+
+
+def _each(rule: Rule, nonempty: bool = True, unique: bool = False) -> Rule:
+    def ok(v: Any) -> bool:
+        if not isinstance(v, (list, tuple, ListConfig)):
+            return False
+        items = list(v)
+        return ((bool(items) or not nonempty) and all(rule.ok(x) for x in items)
+                and (not unique or len(set(items)) == len(items)))
+    what = (("a non-empty list" if nonempty else "a list") + (" of distinct items" if unique
+                                                                else "") + f", each {rule.allowed}")
+    return Rule(ok, what)
+
+
+def _str(nonempty: bool = False) -> Rule:
+    return Rule(lambda v: isinstance(v, str) and (bool(v) or not nonempty),
+                "a non-empty string" if nonempty else "a string")
+
+
+_BOOL = Rule(lambda v: isinstance(v, bool), "true or false")
+_STR = _str()
+_URL = _str(nonempty=True)
+_STR_MAP = Rule(lambda v: isinstance(v, (dict, DictConfig))
+                and all(isinstance(x, str) for x in v.values()), "a mapping of strings")
+_SEED = _int(0)
+_SHARE = _num(0.0, 1.0)
+_LANGS = _each(_str(nonempty=True), nonempty=False, unique=True)
+
+# Every leaf key of Config and what it accepts, checked when a config resolves (before Ray
+# starts). tests/test_config_validation.py fails when a dataclass field has no rule here.
+RULES: dict[str, Rule] = {
+    "storage.root": _URL, "storage.endpoint_url": _STR, "storage.region": _STR,
+    "storage.access_key": _STR, "storage.secret_key": _STR,
+    "ray.address": _STR, "ray.num_cpus": _int(1, null=True), "ray.include_dashboard": _BOOL,
+    "ray.env_vars": _STR_MAP,
+    "world.out": _URL, "world.pairs": _int(1), "world.concepts": _int(1),
+    "world.languages": _each(_str(nonempty=True), unique=True),
+    "world.english_share": _SHARE, "world.zipf_a": _num(0.0), "world.junk_share": _SHARE,
+    "world.corrupt_share": _SHARE, "world.distractors": _int(0),
+    "world.pairs_per_shard": _int(1), "world.image_size": _int(16),
+    "world.eval_per_concept": _int(0), "world.formats": _each(_choice("wds", "parquet"),
+                                                              unique=True),
+    "world.seed": _SEED, "world.workers": _int(1),
+    "curation.input": _URL, "curation.metadata": _URL, "curation.out": _URL,
+    "curation.balanced_out": _URL, "curation.lid_backend": _choice("fasttext", "langdetect"),
+    "curation.language_map": _STR_MAP, "curation.kana_hangul_nospace": _BOOL,
+    "curation.t_en": _num(0.0, lo_open=True, null=True),
+    "curation.p": _num(0.0, 1.0, lo_open=True, null=True),
+    "curation.threshold_mode": _choice("per_language", "single", "none"),
+    "curation.merged_metadata": _BOOL, "curation.mode": _choice("offline", "online"),
+    "curation.seed": _SEED, "curation.batch_size": _int(1), "curation.concurrency": _int(1),
+    "curation.pairs_per_output_shard": _int(1), "curation.bytes_per_output_shard": _int(0),
+    "train.data": _URL, "train.out": _URL, "train.name": _str(nonempty=True),
+    "train.preset": _str(nonempty=True), "train.tokenizer": _STR,
+    "train.tokenizer_vocab": _int(1), "train.num_workers": _int(1), "train.use_gpu": _BOOL,
+    "train.cpus_per_worker": _num(0.0, lo_open=True),
+    "train.gpus_per_worker": _num(0.0, lo_open=True),
+    "train.placement_strategy": _choice("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
+    "train.zero_stage": _choice(0, 1, 2, 3), "train.offload": _BOOL,
+    "train.precision": _choice("fp32", "bf16", "fp16"), "train.gradient_checkpointing": _BOOL,
+    "train.batch_size_per_worker": _int(1), "train.grad_accum": _int(1),
+    "train.epochs": _int(1), "train.max_steps": _int(1, null=True),
+    "train.lr": _num(0.0, lo_open=True), "train.warmup_steps": _int(0),
+    "train.weight_decay": _num(0.0), "train.beta1": _num(0.0, 1.0, hi_open=True),
+    "train.beta2": _num(0.0, 1.0, hi_open=True), "train.eps": _num(0.0, lo_open=True),
+    "train.image_size": _int(16, null=True), "train.crop_scale_min": _num(0.0, 1.0,
+                                                                          lo_open=True),
+    "train.checkpoint_every": _int(0), "train.max_failures": _int(-1),
+    "train.keep_checkpoints": _int(1), "train.seed": _SEED, "train.log_every": _int(1),
+    "train.eval_every": _int(0), "train.ingest_cpus": _num(0.0, lo_open=True),
+    "train.fail_at_step": _int(0),
+    "eval.checkpoint": _STR, "eval.data": _URL, "eval.out": _URL, "eval.batch_size": _int(1),
+    "eval.languages": _LANGS,
+    "tune.out": _URL, "tune.name": _str(nonempty=True),
+    "tune.search": _choice("grid", "random", "optuna"), "tune.num_samples": _int(1),
+    "tune.param": _choice("p", "t_en"),
+    "tune.p_values": _each(_num(0.0, 1.0, lo_open=True)),
+    "tune.t_en_values": _each(_num(0.0, lo_open=True)),
+    "tune.threshold_modes": _each(_choice("per_language", "single"), unique=True),
+    "tune.train_steps": _int(1), "tune.eval_every": _int(1), "tune.grace_period": _int(1),
+    "tune.reduction_factor": _num(1.0, lo_open=True),
+    "tune.cpus_per_trial": _num(0.0, lo_open=True), "tune.gpus_per_trial": _num(0.0),
+    "tune.max_concurrent": _int(1), "tune.seed": _SEED,
+    "metadata.out": _URL, "metadata.languages": _LANGS, "metadata.wordnet_dir": _STR,
+    "metadata.wiki_dumps": _STR, "metadata.pageviews": _STR, "metadata.use_wordfreq": _BOOL,
+    "metadata.unigram_cap": _int(0), "metadata.unigram_fraction": _SHARE,
+    "metadata.bigram_cap": _int(0), "metadata.bigram_min_pmi": _num(),
+    "metadata.title_cap": _int(0), "metadata.title_fraction": _SHARE,
+    "demo.out": _URL, "demo.compare": _BOOL, "demo.seeds": _each(_SEED),
+    "job.address": _STR, "job.working_dir": _STR, "job.pip": _each(_STR, nonempty=False),
+    "job.allow_local_paths": _BOOL,
 }
 
 
@@ -224,41 +383,100 @@ def _get(cfg: DictConfig, key: str) -> Any:
     return OmegaConf.select(cfg, key)
 
 
+def _shown(key: str, v: Any) -> str:
+    """A value as an error message may show it: secrets masked (docs/operations.md)."""
+    from worldclip.platform import redact
+
+    if isinstance(v, (ListConfig, DictConfig)):
+        v = OmegaConf.to_container(v)
+    if redact.is_secret_name(key.rsplit(".", 1)[-1]) and v not in (None, ""):
+        return repr(redact.MASK)
+    return repr(redact.redact(v))
+
+
 def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError naming the key, the bad value and what is allowed."""
-    for key, allowed in _CHOICES.items():
+    """Raise ConfigError naming the key, the bad value and what is allowed (RULES, then the
+    rules that tie keys together)."""
+    from worldclip.platform import redact
+
+    for key, rule in RULES.items():
         v = _get(cfg, key)
-        if v not in allowed:
-            opts = ", ".join(map(str, allowed))
-            raise ConfigError(f"config {key}={v!r}: must be one of {opts}")
+        if not rule.ok(v):
+            raise ConfigError(f"config {key}={_shown(key, v)}: must be {rule.allowed}")
     t_en, p = cfg.curation.t_en, cfg.curation.p
     if (t_en is None) == (p is None) and cfg.curation.threshold_mode != "none":
         raise ConfigError(
             f"config curation.t_en={t_en!r} and curation.p={p!r}: set exactly one "
             "(e.g. curation.t_en=170000 curation.p=null, or curation.p=0.06 curation.t_en=null)")
-    if p is not None and not 0.0 < p <= 1.0:
-        raise ConfigError(f"config curation.p={p!r}: must be in (0, 1], e.g. 0.06")
-    if t_en is not None and t_en <= 0:
-        raise ConfigError(f"config curation.t_en={t_en!r}: must be > 0, e.g. 170000")
-    positive = ["world.pairs", "world.concepts", "world.pairs_per_shard", "world.image_size",
-                "train.num_workers", "train.batch_size_per_worker", "train.grad_accum",
-                "train.epochs", "curation.batch_size", "curation.concurrency"]
-    for key in positive:
-        v = _get(cfg, key)
-        if not isinstance(v, int) or v <= 0:
-            raise ConfigError(f"config {key}={v!r}: must be a positive integer")
-    for key in ("world.english_share", "world.junk_share", "world.corrupt_share"):
-        v = _get(cfg, key)
-        if not 0.0 <= v <= 1.0:
-            raise ConfigError(f"config {key}={v!r}: must be in [0, 1]")
     if cfg.train.offload and cfg.train.zero_stage == 0:
         raise ConfigError("config train.offload=true needs train.zero_stage 1, 2 or 3")
     if cfg.train.precision != "fp32" and not cfg.train.use_gpu:
         raise ConfigError(f"config train.precision={cfg.train.precision!r}: bf16/fp16 need "
                           "train.use_gpu=true; use train.precision=fp32 on CPU")
-    for fmt in cfg.world.formats:
-        if fmt not in ("wds", "parquet"):
-            raise ConfigError(f"config world.formats contains {fmt!r}: allowed wds, parquet")
+    # Secrets: never in runtime_env (Ray logs it) nor in a URL that is saved and forwarded.
+    for name in cfg.ray.env_vars:
+        if not str(name).isidentifier():
+            raise ConfigError(f"config ray.env_vars.{name}: not a valid env var name")
+        if redact.is_secret_name(str(name)) or redact.is_secret_value(cfg.ray.env_vars[name]):
+            raise ConfigError(
+                f"config ray.env_vars.{name}: looks like a credential, and runtime_env env "
+                "vars are logged by Ray and visible in the dashboard; export it in the "
+                "driver's environment instead (a local Ray's workers inherit it), give the "
+                f"cluster a role, or use `worldclip submit --env {name} "
+                "--forward-credentials` for a job")
+    for key in ("storage.endpoint_url", "job.address", "ray.address"):
+        if redact.has_userinfo(str(_get(cfg, key))):
+            raise ConfigError(
+                f"config {key}={_shown(key, _get(cfg, key))}: user:password in the URL would "
+                "be saved and forwarded as is; remove it and give credentials through "
+                "storage.access_key/secret_key or the AWS_* environment variables")
+
+
+def _load_file(path: Path, name: str) -> DictConfig:
+    """A --config YAML file as a mapping, or a ConfigError saying what is wrong with it."""
+    import yaml
+
+    if path.is_dir():
+        raise ConfigError(f"config file {name!r} is a directory; give a YAML file")
+    try:
+        loaded = OmegaConf.load(path)  # yaml.safe_load under the hood
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).split("\n")[0]
+        raise ConfigError(f"config file {name!r}: not valid YAML ({problem}{where}); fix the "
+                          "syntax") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {name!r}: not UTF-8 text; give a YAML file") from None
+    except OSError as e:  # OmegaConf: "Invalid loaded object type" for a scalar document
+        raise ConfigError(f"config file {name!r}: {str(e).split(chr(10))[0]}; the top level "
+                          "must be a mapping of sections, e.g. `curation: {p: 0.1}`") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"config file {name!r}: the top level is a "
+                          f"{type(OmegaConf.to_container(loaded)).__name__}; it must be a "
+                          "mapping of sections, e.g. `curation: {p: 0.1}`")
+    return loaded
+
+
+def _check_sections(layer: DictConfig, base: DictConfig, source: str, prefix: str = "") -> None:
+    """A layer may not put a plain value where the schema has a section (`train=5`)."""
+    for key in layer:
+        if key not in base:
+            continue  # an unknown key: the merge names it
+        node = base._get_node(key)
+        if not isinstance(node, DictConfig) or OmegaConf.is_missing(layer, key):
+            continue
+        value = layer._get_node(key)
+        full = f"{prefix}{key}"
+        if isinstance(value, DictConfig):
+            if value._is_none():
+                raise ConfigError(f"{source}: {full}=null; {full} is a section, "
+                                  "set its keys instead")
+            _check_sections(value, node, source, prefix=f"{full}.")
+        else:
+            example = next(iter(node), "NAME")
+            raise ConfigError(f"{source}: {full}={layer[key]!r}; {full} is a section of keys, "
+                              f"not a value: set its keys, e.g. {full}.{example}=...")
 
 
 def load_config(overrides: list[str] | None = None, files: list[str] | None = None,
@@ -276,9 +494,15 @@ def load_config(overrides: list[str] | None = None, files: list[str] | None = No
         if not path.exists():
             presets = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
             raise ConfigError(f"config file {f!r} not found; give a YAML path or one of {presets}")
-        layers.append(OmegaConf.load(path))  # yaml.safe_load under the hood
+        layers.append(_load_file(path, f))
+        _check_sections(layers[-1], base, f"config file {f!r}")
     try:
+        for item in overrides or []:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r}: expected key=value without spaces, e.g. "
+                                  "curation.p=0.1")
         layers.append(OmegaConf.from_dotlist(list(overrides or [])))
+        _check_sections(layers[-1], base, "override")
         cfg = OmegaConf.merge(*layers)
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as e:
@@ -287,7 +511,63 @@ def load_config(overrides: list[str] | None = None, files: list[str] | None = No
         raise ConfigError(f"config {key}: {msg} (check the key name and type; "
                           "configs/default.yaml lists them)") from None
     validate(cfg)
+    absolutize(cfg)
     return cfg
+
+
+# Every config key that holds a storage URL (docs/architecture.md, "Paths"). Local paths in
+# these are made absolute on the driver, once, when the config resolves: a Ray worker's
+# working directory is not the driver's, so "./worldclip-data" would mean another folder there.
+URL_KEYS: tuple[str, ...] = (
+    "storage.root", "world.out", "curation.input", "curation.metadata", "curation.out",
+    "curation.balanced_out", "train.data", "train.out", "eval.checkpoint", "eval.data",
+    "eval.out", "tune.out", "metadata.out", "metadata.wordnet_dir", "metadata.wiki_dumps",
+    "metadata.pageviews", "demo.out", "job.working_dir",
+    "wat.input", "wat.out", "download.list_out", "download.images", "download.joined_out",
+)
+# Keys that may also name a Hugging Face hub id ("facebook/xlm-v-base"): absolutized only
+# when they point at something on local disk.
+HUB_OR_URL_KEYS: tuple[str, ...] = ("train.tokenizer",)
+
+
+def is_local(url: str) -> bool:
+    """A plain path or file:// URL (not s3:// or another remote scheme)."""
+    return "://" not in url or url.startswith("file://")
+
+
+def absolute_url(url: str) -> str:
+    """A local path made absolute against this process's cwd; other URLs unchanged."""
+    if not url or "://" in url:
+        return url
+    return os.path.abspath(os.path.expanduser(url))
+
+
+def local_url_keys(cfg: DictConfig) -> dict[str, str]:
+    """{key: value} of every set URL key whose value is a local path."""
+    out = {}
+    for key in (*URL_KEYS, *HUB_OR_URL_KEYS):
+        v = OmegaConf.select(cfg, key)
+        if isinstance(v, str) and v and is_local(v):
+            if key in HUB_OR_URL_KEYS and not _names_local_path(v):
+                continue
+            out[key] = v
+    return out
+
+
+def _names_local_path(v: str) -> bool:
+    return v.startswith((".", "/", "~", "file://")) or os.path.exists(v)
+
+
+def absolutize(cfg: DictConfig) -> None:
+    """Rewrite every local path of the resolved config to its absolute form (in place)."""
+    for key in URL_KEYS:
+        v = OmegaConf.select(cfg, key)
+        if isinstance(v, str) and v:
+            OmegaConf.update(cfg, key, absolute_url(v), merge=False)
+    for key in HUB_OR_URL_KEYS:
+        v = OmegaConf.select(cfg, key)
+        if isinstance(v, str) and v and "://" not in v and _names_local_path(v):
+            OmegaConf.update(cfg, key, absolute_url(v), merge=False)
 
 
 def to_yaml(cfg: DictConfig, redact: bool = True) -> str:

@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import getpass
 import hashlib
+import ipaddress
 import logging
 import os
 import shlex
@@ -36,6 +37,7 @@ import shutil
 import sys
 import tempfile
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -44,7 +46,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from worldclip.platform.config import ConfigError, load_config, to_yaml
+from worldclip.platform.config import (
+    ConfigError,
+    load_config,
+    local_url_keys,
+    to_yaml,
+)
 
 log = logging.getLogger(__name__)
 
@@ -196,10 +203,6 @@ def build_submission(stage: str, cfg: DictConfig, *,
         warnings.append("storage.access_key/secret_key are not sent to the job (the cluster "
                         "uses its own role); add --forward-credentials to send them")
     root = str(cfg.storage.root)
-    if "://" not in root and not os.path.isabs(root):
-        warnings.append(f"storage.root={root!r} is a relative local path: the job writes "
-                        "it inside its working_dir on the cluster; use s3://... or an "
-                        "absolute shared path")
     env = _env_vars(cfg, environ, list(extra_env or []), forward_credentials)
 
     staging = Path(tempfile.mkdtemp(prefix="worldclip-job-"))
@@ -225,6 +228,33 @@ def build_submission(stage: str, cfg: DictConfig, *,
         runtime_env=runtime_env,
         metadata={"stage": stage, "user": _user(), "config_sha256": digest},
         config_yaml=config_yaml, staging_dir=staging, warnings=warnings)
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a dashboard / Ray address names this machine (127.0.0.0/8, localhost, ::1)."""
+    host = urllib.parse.urlsplit(address if "://" in address else f"http://{address}").hostname
+    if host in (None, "", "localhost"):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_paths_reach(cfg: DictConfig, address: str) -> None:
+    """Refuse, before submitting, a job for a remote cluster whose config names local paths:
+    the cluster's nodes cannot see this machine's disk (docs/architecture.md, "Paths")."""
+    if is_loopback(address) or cfg.job.allow_local_paths:
+        return
+    local = {k: v for k, v in local_url_keys(cfg).items() if k != "job.working_dir"}
+    if local:
+        key, value = next(iter(local.items()))
+        more = f" (and {', '.join(list(local)[1:])})" if len(local) > 1 else ""
+        raise ConfigError(
+            f"config {key}={value!r}{more}: a local path, but the job runs on the cluster at "
+            f"{address}, whose nodes cannot read this machine's disk; use object storage "
+            "(storage.root=s3://bucket/prefix), or job.allow_local_paths=true for a "
+            "filesystem shared by every node")
 
 
 def _user() -> str:
@@ -387,12 +417,13 @@ def _cli_submit(args: list[str], config_files: list[str], resolve: StageResolver
     ns, overrides, extra = _parse_submit(args, out_keys)
     files = [*config_files, *ns.config]
     cfg = resolve(ns.stage, overrides, files)
+    address = ns.address or str(cfg.job.address)
+    check_paths_reach(cfg, address)
     sub = build_submission(ns.stage, cfg, extra_args=extra,
                            forward_credentials=ns.forward_credentials, extra_env=ns.env,
                            python=ns.python)
     for w in sub.warnings:
         log.warning("%s", w)
-    address = ns.address or str(cfg.job.address)
     if ns.forward_credentials:
         log.warning("--forward-credentials: AWS credentials are in this job's env_vars, "
                     "readable by anyone with access to the Ray dashboard of %s", address)

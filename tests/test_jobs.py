@@ -331,3 +331,35 @@ def test_job_writes_to_s3_with_forwarded_endpoint(ray_head: str, s3_prefix: str,
     storage.configure()
     assert storage.exists(storage.join(out, "config.yaml"))
     assert storage.glob(storage.join(out, "raw/wds/*.tar"))
+
+
+def test_remote_job_refuses_local_paths_before_submitting(tmp_path: Path) -> None:
+    """A cluster's nodes cannot read this machine's disk: fail before submitting, naming the
+    key and pointing at object storage (docs/architecture.md, "Paths")."""
+    cfg = _cfg(tmp_path)
+    with pytest.raises(ConfigError, match=r"storage.root=.*object storage"):
+        jobs.check_paths_reach(cfg, "http://10.0.0.5:8265")
+    with pytest.raises(ConfigError, match="cluster.example.com"):
+        jobs.check_paths_reach(cfg, "ray://cluster.example.com:10001")
+    for local in ("http://127.0.0.1:8265", "http://localhost:8265", "127.0.0.2:8265"):
+        jobs.check_paths_reach(cfg, local)  # the same machine: local paths work
+    jobs.check_paths_reach(load_config([f"storage.root={tmp_path}",
+                                        "job.allow_local_paths=true"]), "http://10.0.0.5:8265")
+    jobs.check_paths_reach(load_config(["storage.root=s3://bucket/prefix"]),
+                           "http://10.0.0.5:8265")
+    # through the command: exit 2 with one line, nothing submitted (the address is not up)
+    assert _cli("submit", ["world", f"storage.root={tmp_path}", "--address",
+                           "http://10.0.0.5:9"], []) == 2
+
+
+def test_relative_paths_resolve_against_the_driver_cwd(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(["train.tokenizer=facebook/xlm-v-base"])
+    root = str(tmp_path / "worldclip-data")
+    assert cfg.storage.root == root
+    assert cfg.curation.input == f"{root}/world/raw/wds/*.tar"
+    assert cfg.train.data == f"{root}/curated/balanced" and cfg.eval.out == f"{root}/eval"
+    assert cfg.train.tokenizer == "facebook/xlm-v-base"  # a hub id stays a hub id
+    (tmp_path / "tok").mkdir()
+    assert load_config(["train.tokenizer=tok"]).train.tokenizer == str(tmp_path / "tok")
+    assert load_config(["storage.root=s3://b/p"]).train.out == "s3://b/p/runs"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import logging
 import sys
@@ -22,10 +23,16 @@ STAGES: dict[str, tuple[str, str, str]] = {
     "world": ("worldclip.pipelines.world", "run", "write the embedded worldwide web to storage"),
     "metadata": ("worldclip.pipelines.metadata_build", "run",
                  "build per-language metadata (concept vocabularies) from offline sources"),
+    "wat": ("worldclip.pipelines.wat", "run",
+            "Common Crawl WAT files -> text-only shards (image URL + alt/title texts)"),
     "curate": ("worldclip.pipelines.curate", "run",
                "LID -> per-language matching -> global counts -> t_lang -> balanced sample"),
     "rebalance": ("worldclip.pipelines.curate", "run_rebalance",
                   "re-sample with new thresholds from stored matches and counts (no matching)"),
+    "download-list": ("worldclip.pipelines.join", "run_download_list",
+                      "text-first curation -> img2dataset URL list (url, caption, uid)"),
+    "join": ("worldclip.pipelines.join", "run_join",
+             "img2dataset output + text-first curation -> trainable data, by key"),
     "train": ("worldclip.pipelines.train", "run",
               "train MetaClip2 on Ray Train + DeepSpeed ZeRO from the curated stream"),
     "export": ("worldclip.pipelines.train", "run_export",
@@ -69,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
 
 _OUT_KEY = {"world": "world.out", "curate": "curation.out", "rebalance": "curation.out",
             "train": "train.out", "eval": "eval.out", "demo": "storage.root",
-            "tune": "tune.out", "metadata": "metadata.out"}
+            "tune": "tune.out", "metadata": "metadata.out", "wat": "wat.out",
+            "download-list": "download.list_out", "join": "download.joined_out"}
 
 
 def stage_config(stage: str, overrides: list[str], files: list[str]) -> Any:
@@ -80,7 +88,12 @@ def stage_config(stage: str, overrides: list[str], files: list[str]) -> Any:
         raise ConfigError(f"unknown stage {stage!r}; one of {', '.join(STAGES)}")
     module = importlib.import_module(STAGES[stage][0])
     loader = getattr(module, "load_stage_config", load_config)
-    return loader(overrides, files)
+    cfg = loader(overrides, files)
+    # Inputs are read-only: refuse before anything is written (docs/operations.md).
+    from worldclip.platform.overlap import check_stage_io
+
+    check_stage_io(stage, cfg)
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,8 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"worldclip {args.stage}: {e}", file=sys.stderr)
         return 2
-    apply_storage(cfg)
     fn = getattr(module, fn_name)
+    if extra and len(inspect.signature(fn).parameters) < 2:
+        hint = (f"; did you mean {extra[0]}={extra[1]}?" if len(extra) >= 2 and "." in extra[0]
+                else "")
+        print(f"worldclip {args.stage}: unexpected argument(s) {' '.join(extra)!r}: overrides "
+              f"are key=value without spaces, e.g. curation.p=0.1{hint}", file=sys.stderr)
+        return 2
+    apply_storage(cfg)
     try:
         result: Any = fn(cfg, extra) if extra else fn(cfg)
     except ConfigError as e:

@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
-from worldclip.pipelines import balancing, lid, wds
+from worldclip.pipelines import balancing, dedup, lid, wds
 from worldclip.pipelines.metadata import MERGED, MetadataStore
 from worldclip.pipelines.shards import (
     PARSE_DROPS,
@@ -329,6 +329,8 @@ class SampleActor:
     def process(self, name: str) -> dict[str, Any]:
         table = pq.read_table(io.BytesIO(storage.read_bytes(
             storage.join(self.match_dir, f"{name}.parquet"))))
+        # duplicates and eval copies leave before sampling, with their reason (dedup.py)
+        table, removed = dedup.apply_removed(table, posixpath.dirname(self.match_dir), name)
         chosen, keep, text_probs = sample_shard(table, self.probs, self.s.seed)
         langs = table.column("langs").to_pylist()
         no_threshold = np.array([not any(g in self.probs for g, ids in zip(ls, e, strict=True)
@@ -351,6 +353,7 @@ class SampleActor:
                            "sampled_out": int((~keep & ~no_threshold).sum())},
                  "lang_matched": dict(lang_matched), "lang_kept": dict(lang_kept),
                  "lang_kept_caption": dict(lang_kept_caption)}
+        stats["drops"].update(removed)
         if "url" not in table.column_names:  # a match index written before text-first
             table = table.append_column("url", pa.nulls(table.num_rows, pa.string()))
         if self.s.mode == "offline" and table.num_rows and \
@@ -408,8 +411,8 @@ def _list_inputs(pattern: str) -> list[str]:
     names = [shard_name(u) for u in urls]
     dup = [n for n, k in Counter(names).items() if k > 1]
     if dup:
-        raise ValueError(f"curation.input={pattern!r}: shard names {dup[:3]} repeat; output "
-                         "files are named after input shards, so names must be unique")
+        raise ConfigError(f"config curation.input={pattern!r}: shard names {dup[:3]} repeat; "
+                          "output files are named after input shards, so names must be unique")
     return urls
 
 
@@ -482,7 +485,8 @@ def run_sample(cfg: DictConfig, match_stats: list[dict[str, Any]],
                               pairs_per_shard=c.pairs_per_output_shard,
                               bytes_per_shard=c.bytes_per_output_shard)
     key = json.dumps({"t_lang": thresholds.t_lang, "mode": c.mode, "seed": c.seed,
-                      "shard_limits": [c.pairs_per_output_shard, c.bytes_per_output_shard]},
+                      "shard_limits": [c.pairs_per_output_shard, c.bytes_per_output_shard],
+                      "dedup": dedup.state(c.out).get("digest")},
                      sort_keys=True, default=str)
     marker = storage.join(out, "thresholds.json")
     if storage.exists(marker) and storage.read_text(marker) != key:
@@ -508,6 +512,7 @@ def run_sample(cfg: DictConfig, match_stats: list[dict[str, Any]],
     sample_stats = [storage.read_json(storage.join(out, "stats", f"{n}.json")) for n in names]
     card = build_datacard(cfg, match_stats, sample_stats, counts, thresholds, metadata_hashes,
                           time.time() - started)
+    card["dedup"] = dedup.datacard_section(c.out, out)
     storage.write_json(storage.join(out, "datacard.json"), card)
     save_config(cfg, out)
     try:
@@ -569,6 +574,7 @@ def _counts(cfg: DictConfig, store: MetadataStore, match_stats: list[dict]
     count_urls = [storage.join(c.out, "matches", f"{shard_name(s['shard'])}.counts.parquet")
                   for s in match_stats]
     counts = aggregate_counts(count_urls, sizes)
+    counts = dedup.subtract_removed(c.out, counts)  # counts over distinct, clean images
     save_counts(storage.join(c.out, "counts.npz"), counts)
     return counts
 
@@ -592,6 +598,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     hashes = store.hashes()
     match_stats = run_match(cfg)
     require_usable(cfg.curation.input, match_stats)
+    dedup.run(cfg, match_stats)  # exact dedup + eval decontamination, before counting
     counts = _counts(cfg, store, match_stats)
     thr = thresholds_from_counts(cfg, counts)
     card = run_sample(cfg, match_stats, counts, thr, hashes, started)

@@ -44,7 +44,7 @@ from ray.tune import Callback
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
-from worldclip.platform import storage
+from worldclip.platform import owned, storage
 from worldclip.platform.config import ConfigError, apply_storage, save_config, validate
 
 log = logging.getLogger(__name__)
@@ -382,7 +382,9 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], tokenizer: str) -> N
             tune.report(last)
         return
     # an unfinished earlier attempt (driver killed): train from scratch, not from its state
-    storage.remove(train.run_dir(cfg), recursive=True)
+    # (only a run this trial created: docs/operations.md, "Inputs are read-only")
+    owned.claim_dir(tdir)
+    owned.remove_owned(train.run_dir(cfg), "tune.out", owner=tdir)
     storage.write_json(storage.join(tdir, "params.json"), {"trial_id": trial_id, **params})
     ray.data.DataContext.get_current().enable_progress_bars = False  # Tune shows progress
     summary = curate.run_rebalance(cfg)  # re-sample only: matching never runs in a trial

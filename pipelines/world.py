@@ -60,7 +60,6 @@ import json
 import logging
 import math
 import random
-import tarfile
 import time
 import unicodedata
 from collections import Counter
@@ -71,7 +70,8 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from worldclip.platform import storage
+from worldclip.pipelines import wds
+from worldclip.platform import owned, storage
 from worldclip.platform.config import ConfigError, save_config
 
 log = logging.getLogger(__name__)
@@ -586,30 +586,19 @@ def generate_shard(spec: WorldSpec, shard: int) -> list[dict[str, Any]]:
     return records
 
 
-def _tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    if name.startswith("/") or ".." in name.split("/"):
-        raise ValueError(f"tar member name {name!r}: must be relative without '..'")
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = 0  # byte-identical output for the same seed
-    info.mode = 0o644
-    tar.addfile(info, io.BytesIO(data))
-
-
 def ground_truth(rec: dict[str, Any]) -> dict[str, Any]:
     return {"key": rec["key"], "texts": rec["texts"], "lang": rec["lang"],
             "concept": rec["concept"], "corrupt": rec["corrupt"]}
 
 
 def write_tar(records: Sequence[dict[str, Any]], url: str) -> None:
-    """A WebDataset shard: {key}.jpg and {key}.json per record, streamed and committed
-    atomically."""
-    with storage.atomic_writer(url) as f, tarfile.open(fileobj=f, mode="w|",
-                                                       format=tarfile.USTAR_FORMAT) as tar:
-        for rec in records:
-            _tar_member(tar, f"{rec['key']}.jpg", rec["image"])
-            meta = json.dumps(ground_truth(rec), ensure_ascii=False, sort_keys=True)
-            _tar_member(tar, f"{rec['key']}.json", meta.encode("utf-8"))
+    """A WebDataset shard: {key}.jpg and {key}.json per record, through the one tar writer
+    (pipelines/wds.py). Always .jpg: the world's corrupt records hold non-image bytes on
+    purpose, under the name a crawler would have given them."""
+    wds.write_tar(url, ((rec["key"], (
+        ("jpg", rec["image"]),
+        ("json", json.dumps(ground_truth(rec), ensure_ascii=False, sort_keys=True).encode()),
+    )) for rec in records))
 
 
 def _pa():  # pyarrow imported lazily: keeps `import worldclip.pipelines.world` light
@@ -774,6 +763,8 @@ def generate_world(wcfg: Any, out_url: str | None = None, workers: int | None = 
     spec = build_spec(wcfg)
     log.info("world: %d pairs in %d shards, %d concepts, %d languages -> %s", spec.pairs,
              spec.num_shards, len(spec.concepts), len(spec.languages), out_url)
+    # stale shards are removed below only from a folder a world run created
+    owns_out = owned.claim_dir(out_url)
     manifest = write_metadata(spec, out_url)
     eval_rows = write_eval(spec, out_url)
 
@@ -789,8 +780,13 @@ def generate_world(wcfg: Any, out_url: str | None = None, workers: int | None = 
              "parquet": [f"shard-{s:05d}.parquet" for s in range(spec.num_shards)]}
     for fmt, folder, pattern in (("wds", "raw/wds", "*.tar"),
                                  ("parquet", "raw/parquet", "*.parquet")):
-        _remove_stale(storage.join(out_url, folder), pattern,
-                      set(names[fmt]) if fmt in formats else set())
+        if owns_out:
+            _remove_stale(storage.join(out_url, folder), pattern,
+                          set(names[fmt]) if fmt in formats else set())
+        else:
+            log.warning("world.out=%s was not created by a world run: stale shards there are "
+                        "left in place", out_url)
+            break
     shards = {fmt: [f"{'raw/wds' if fmt == 'wds' else 'raw/parquet'}/{n}" for n in names[fmt]]
               for fmt in formats}
 

@@ -91,6 +91,14 @@ class CurationConfig:
     # one input shard's kept pairs become <shard>.tar, <shard>-00001.tar, ...
     pairs_per_output_shard: int = 2000
     bytes_per_output_shard: int = 0
+    # Exact dedup before counting: one copy per distinct image (sha256 of its bytes), the
+    # smallest (shard, key) kept, the others dropped as duplicate_image (docs/curation.md).
+    dedup: bool = True
+    # Eval sets whose images must not be in the pool: URLs (type detected) or {name, type,
+    # url} as in eval.suite, e.g. ["${world.out}/eval"]; pool images within
+    # decontaminate_hamming bits (64-bit phash) of one are dropped as eval_duplicate.
+    decontaminate: list[Any] = field(default_factory=list)
+    decontaminate_hamming: int = 10
 
 
 @dataclass
@@ -101,7 +109,14 @@ class TrainConfig:
     preset: str = "tiny"
     tokenizer: str = ""  # HF tokenizer dir or id; "" -> train one on the curated captions
     tokenizer_vocab: int = 4000
-    num_workers: int = 2
+    # An int, or [min, max] for elastic training: Ray Train runs on what it gets in the range,
+    # shrinks on preemption, grows when nodes join (docs/operations.md, "Elastic training").
+    num_workers: Any = 2
+    # Pairs per optimizer step at every world size; null -> batch_size_per_worker x max
+    # workers x grad_accum. batch_size_per_worker is then the largest micro-batch per worker.
+    global_batch: int | None = None
+    resize_interval_s: float = 60.0  # elastic: how often Ray Train considers growing
+    worker_resources: dict[str, float] = field(default_factory=dict)  # custom, per worker
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0
@@ -132,6 +147,11 @@ class TrainConfig:
     # Testing hook: SIGKILL the last train worker once at this step (0 = off), to prove that
     # a run survives worker loss.
     fail_at_step: int = 0
+    # Testing hooks: sleep this long after every step (a slower, GPU-like step, so an
+    # autoscaler test can act mid-run); keep every trained pair's key id in the checkpoint
+    # state (an audit of the data accounting across resizes).
+    throttle_step_s: float = 0.0
+    record_keys: bool = False
 
 
 @dataclass
@@ -141,6 +161,13 @@ class EvalConfig:
     out: str = "${storage.root}/eval"
     batch_size: int = 256
     languages: list[str] = field(default_factory=list)  # [] -> all in the eval set
+    # Benchmark suite (docs/operations.md, "Eval suites"): URLs or {name, type, url, ...}
+    # with type xm3600 | babel_imagenet | wds | embedded; [] -> eval.data only.
+    suite: list[Any] = field(default_factory=list)
+    # Several checkpoints side by side ([] -> eval.checkpoint); "label=url" names a column.
+    checkpoints: list[str] = field(default_factory=list)
+    bootstrap: int = 1000  # resamples for the 95% confidence intervals (seeded)
+    seed: int = 0
 
 
 @dataclass
@@ -213,12 +240,12 @@ class WatConfig:
 class DownloadConfig:
     # Text-first curation: the img2dataset URL list of a text-only curation (offline: the
     # kept pairs; online: every pair with P > 0), one Parquet per curated shard.
-    list_out: str = "${curation.balanced_out}/download_list"
+    list_out: str = "${storage.root}/download_list"
     # img2dataset's output folder for that list (webdataset or parquet output format); when
     # set, `worldclip join` and `worldclip train` join it to the match index by key.
     images: str = ""
     # the joined, trainable dataset (shards/*.tar offline, index/*.parquet online)
-    joined_out: str = "${curation.balanced_out}/joined"
+    joined_out: str = "${storage.root}/joined"
 
 
 @dataclass
@@ -310,8 +337,24 @@ _URL = _str(nonempty=True)
 _STR_MAP = Rule(lambda v: isinstance(v, (dict, DictConfig))
                 and all(isinstance(x, str) for x in v.values()), "a mapping of strings")
 _SEED = _int(0)
+_WORKERS = Rule(lambda v: _int(1).ok(v) or (
+    isinstance(v, (list, tuple, ListConfig)) and len(v) == 2 and all(_int(1).ok(x) for x in v)
+    and v[0] <= v[1]), "an integer >= 1 or a range [min, max] with 1 <= min <= max")
+_NUM_MAP = Rule(lambda v: isinstance(v, (dict, DictConfig))
+                and all(_finite(x) and x >= 0 for x in v.values()),
+                "a mapping of resource names to numbers >= 0")
 _SHARE = _num(0.0, 1.0)
 _LANGS = _each(_str(nonempty=True), nonempty=False, unique=True)
+# an eval set: a URL, or a mapping with at least its url (eval.suite, curation.decontaminate)
+_SUITE_ITEM = Rule(lambda v: (isinstance(v, str) and bool(v)) or (
+    isinstance(v, (dict, DictConfig)) and isinstance(v.get("url"), str) and bool(v["url"])),
+                   "a URL or a mapping with a url")
+
+
+def _int_in(lo: int, hi: int) -> Rule:
+    return Rule(lambda v: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi,
+                f"an integer in [{lo}, {hi}]")
+
 
 # Every leaf key of Config and what it accepts, checked when a config resolves (before Ray
 # starts). tests/test_config_validation.py fails when a dataclass field has no rule here.
@@ -337,9 +380,14 @@ RULES: dict[str, Rule] = {
     "curation.merged_metadata": _BOOL, "curation.mode": _choice("offline", "online"),
     "curation.seed": _SEED, "curation.batch_size": _int(1), "curation.concurrency": _int(1),
     "curation.pairs_per_output_shard": _int(1), "curation.bytes_per_output_shard": _int(0),
+    "curation.dedup": _BOOL, "curation.decontaminate": _each(_SUITE_ITEM, nonempty=False),
+    "curation.decontaminate_hamming": _int_in(0, 64),
     "train.data": _URL, "train.out": _URL, "train.name": _str(nonempty=True),
     "train.preset": _str(nonempty=True), "train.tokenizer": _STR,
-    "train.tokenizer_vocab": _int(1), "train.num_workers": _int(1), "train.use_gpu": _BOOL,
+    "train.tokenizer_vocab": _int(1), "train.num_workers": _WORKERS, "train.use_gpu": _BOOL,
+    "train.global_batch": _int(1, null=True), "train.resize_interval_s": _num(0.0),
+    "train.worker_resources": _NUM_MAP, "train.throttle_step_s": _num(0.0),
+    "train.record_keys": _BOOL,
     "train.cpus_per_worker": _num(0.0, lo_open=True),
     "train.gpus_per_worker": _num(0.0, lo_open=True),
     "train.placement_strategy": _choice("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
@@ -357,7 +405,9 @@ RULES: dict[str, Rule] = {
     "train.eval_every": _int(0), "train.ingest_cpus": _num(0.0, lo_open=True),
     "train.fail_at_step": _int(0),
     "eval.checkpoint": _STR, "eval.data": _URL, "eval.out": _URL, "eval.batch_size": _int(1),
-    "eval.languages": _LANGS,
+    "eval.languages": _LANGS, "eval.suite": _each(_SUITE_ITEM, nonempty=False),
+    "eval.checkpoints": _each(_str(nonempty=True), nonempty=False),
+    "eval.bootstrap": _int(0), "eval.seed": _SEED,
     "tune.out": _URL, "tune.name": _str(nonempty=True),
     "tune.search": _choice("grid", "random", "optuna"), "tune.num_samples": _int(1),
     "tune.param": _choice("p", "t_en"),
@@ -376,7 +426,12 @@ RULES: dict[str, Rule] = {
     "demo.out": _URL, "demo.compare": _BOOL, "demo.seeds": _each(_SEED),
     "job.address": _STR, "job.working_dir": _STR, "job.pip": _each(_STR, nonempty=False),
     "job.allow_local_paths": _BOOL,
+    "wat.input": _STR, "wat.out": _URL, "wat.snapshot": _STR, "wat.concurrency": _int(1),
+    "download.list_out": _URL, "download.images": _STR, "download.joined_out": _URL,
 }
+
+
+_ABSENT = object()
 
 
 def _get(cfg: DictConfig, key: str) -> Any:
@@ -394,13 +449,29 @@ def _shown(key: str, v: Any) -> str:
     return repr(redact.redact(v))
 
 
+def _check_global_batch(cfg: DictConfig) -> None:
+    """Every world size in train.num_workers must split the global batch evenly (each rank
+    takes G / W pairs per step; docs/operations.md, "Elastic training and preemption")."""
+    nw = cfg.train.num_workers
+    lo, hi = (nw, nw) if isinstance(nw, int) else (int(nw[0]), int(nw[1]))
+    g = cfg.train.global_batch or cfg.train.batch_size_per_worker * hi * cfg.train.grad_accum
+    bad = [w for w in range(lo, hi + 1) if g % w]
+    if bad:
+        lcm = math.lcm(*range(lo, hi + 1))
+        shown = nw if isinstance(nw, int) else [lo, hi]
+        raise ConfigError(f"config train.global_batch={g} (train.num_workers={shown}): not "
+                          f"divisible by world size(s) {bad}; use a multiple of {lcm}")
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError naming the key, the bad value and what is allowed (RULES, then the
     rules that tie keys together)."""
     from worldclip.platform import redact
 
     for key, rule in RULES.items():
-        v = _get(cfg, key)
+        v = OmegaConf.select(cfg, key, default=_ABSENT)
+        if v is _ABSENT:  # a config built in code may lack a section; nothing to check
+            continue
         if not rule.ok(v):
             raise ConfigError(f"config {key}={_shown(key, v)}: must be {rule.allowed}")
     t_en, p = cfg.curation.t_en, cfg.curation.p
@@ -408,6 +479,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"config curation.t_en={t_en!r} and curation.p={p!r}: set exactly one "
             "(e.g. curation.t_en=170000 curation.p=null, or curation.p=0.06 curation.t_en=null)")
+    _check_global_batch(cfg)
     if cfg.train.offload and cfg.train.zero_stage == 0:
         raise ConfigError("config train.offload=true needs train.zero_stage 1, 2 or 3")
     if cfg.train.precision != "fp32" and not cfg.train.use_gpu:
@@ -571,13 +643,16 @@ def absolutize(cfg: DictConfig) -> None:
 
 
 def to_yaml(cfg: DictConfig, redact: bool = True) -> str:
-    """Resolved YAML; secrets redacted so it can be saved next to outputs."""
+    """Resolved YAML; secrets redacted so it can be saved next to outputs.
+
+    One rule for every section (platform/redact.py): credential-named keys masked, URLs with
+    user:password and well-known token values masked (docs/operations.md)."""
+    from worldclip.platform import redact as _redact
+
     c = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(c, dict)
     if redact:
-        for key in ("access_key", "secret_key"):
-            if c.get("storage", {}).get(key):
-                c["storage"][key] = "***"
+        c = _redact.redact(c)
     return OmegaConf.to_yaml(OmegaConf.create(c))
 
 

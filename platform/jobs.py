@@ -46,6 +46,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from worldclip.platform import redact
 from worldclip.platform.config import (
     ConfigError,
     load_config,
@@ -61,8 +62,6 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
 # Only with --forward-credentials (they become visible in the job's runtime_env).
 CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
-_SECRET_WORDS = ("SECRET", "TOKEN", "PASSWORD", "PASSWD", "ACCESS_KEY", "CREDENTIAL",
-                 "PRIVATE_KEY", "API_KEY")
 # What a job needs of the package: source, configs, docs. Never data, venvs or caches.
 _SOURCE_SUFFIXES = frozenset({".py", ".yaml", ".yml", ".json", ".toml", ".txt", ".md", ".cfg"})
 _SKIP_DIRS = frozenset({".venv", "venv", ".git", "__pycache__", ".pytest_cache", ".ruff_cache",
@@ -89,8 +88,7 @@ class Submission:
 
 def is_secret_name(name: str) -> bool:
     """Whether an env var name looks like a credential (and so must not travel by default)."""
-    upper = name.upper()
-    return upper in CREDENTIAL_ENV or any(w in upper for w in _SECRET_WORDS)
+    return name.upper() in CREDENTIAL_ENV or redact.is_secret_name(name)
 
 
 def package_source_dir() -> Path:
@@ -152,17 +150,21 @@ def job_config(cfg: DictConfig) -> DictConfig:
     # Blank, not "***": the job must fall back to its environment / instance role.
     c.storage.access_key = ""
     c.storage.secret_key = ""
+    # One secrets rule (platform/redact.py): no credential in the job's file or env_vars.
+    c.storage.endpoint_url = redact.remove_userinfo(str(c.storage.endpoint_url))
+    c.ray.env_vars = redact.safe_env(dict(c.ray.env_vars))
     return c
 
 
 def _env_vars(cfg: DictConfig, environ: Mapping[str, str], extra_env: list[str],
               forward_credentials: bool) -> dict[str, str]:
-    env = {k: environ[k] for k in FORWARDED_ENV if environ.get(k)}
+    # user:password in an endpoint URL never travels (docs/operations.md)
+    env = {k: redact.remove_userinfo(environ[k]) for k in FORWARDED_ENV if environ.get(k)}
     # A stage's own ray.init(runtime_env=...) in the job driver repeats some of these keys;
     # Ray refuses to merge overlapping keys with the job's runtime_env unless told to.
     env["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"
     if cfg.storage.endpoint_url:
-        env["AWS_ENDPOINT_URL"] = cfg.storage.endpoint_url
+        env["AWS_ENDPOINT_URL"] = redact.remove_userinfo(cfg.storage.endpoint_url)
     if cfg.storage.region:
         env["AWS_REGION"] = cfg.storage.region
     if forward_credentials:

@@ -8,6 +8,8 @@ import os
 import ray
 from omegaconf import DictConfig
 
+from worldclip.platform import redact
+
 log = logging.getLogger(__name__)
 
 # Variables a worker needs to reach object storage and behave like the driver. Credentials
@@ -20,10 +22,16 @@ FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_D
 
 
 def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """runtime_env env_vars for workers, through the one secrets rule (platform/redact.py):
+    no credential-named var, no user:password in a URL (config validation already refuses
+    them in ray.env_vars; this also covers configs built in code)."""
     env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     env.update(extra or {})
-    return env
+    safe = redact.safe_env(env)
+    for name in sorted(set(env) - set(safe)):
+        log.warning("not forwarding %s to Ray workers: it looks like a credential", name)
+    return safe
 
 
 def init_ray(cfg: DictConfig | None = None) -> None:

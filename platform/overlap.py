@@ -67,9 +67,12 @@ def location(url: str) -> tuple[str, tuple[str, ...]]:
     """(filesystem, normalised path components) of a local path or URL."""
     url = glob_base(str(url))
     if url.startswith(("s3://", "s3a://")):
-        path = url.split("://", 1)[1]
-        parts = posixpath.normpath("/" + path).split("/")
-        return "s3", tuple(p for p in parts if p)
+        bucket, _, key = url.split("://", 1)[1].partition("/")
+        if not bucket or _GLOB.search(bucket):
+            return "s3", ()  # every bucket
+        # `..` folds inside the bucket and never climbs out of it
+        parts = posixpath.normpath("/" + key).split("/")
+        return "s3", (bucket, *(p for p in parts if p))
     if "://" in url and not url.startswith("file://"):
         scheme, rest = url.split("://", 1)
         parts = posixpath.normpath("/" + rest).split("/")

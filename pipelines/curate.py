@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
 from worldclip.pipelines import balancing, dedup, lid, wds
+from worldclip.pipelines.limits import DEFAULT_LIMITS, ReadLimits
 from worldclip.pipelines.metadata import MERGED, MetadataStore
 from worldclip.pipelines.shards import (
     PARSE_DROPS,
@@ -80,12 +81,14 @@ class MatchSettings:
     language_map: dict[str, str] | None = None
     kana_hangul_nospace: bool = False
     merged: bool = False
+    limits: ReadLimits = DEFAULT_LIMITS  # decompressed-bytes budgets (pipelines/limits.py)
 
     @classmethod
     def from_config(cls, c: DictConfig) -> MatchSettings:
         return cls(metadata=c.metadata, lid_backend=c.lid_backend,
                    language_map=dict(c.language_map or {}),
-                   kana_hangul_nospace=c.kana_hangul_nospace, merged=c.merged_metadata)
+                   kana_hangul_nospace=c.kana_hangul_nospace, merged=c.merged_metadata,
+                   limits=ReadLimits.from_config(c))
 
 
 class ShardMatcher:
@@ -99,7 +102,7 @@ class ShardMatcher:
 
     def match_shard(self, data: bytes, shard: str) -> tuple[pa.Table, pa.Table, dict[str, Any]]:
         """-> (matched pairs table, sparse counts table, stats). Pure given the metadata."""
-        return self.match_parsed(parse_shard(data, shard), shard)
+        return self.match_parsed(parse_shard(data, shard, self.s.limits), shard)
 
     def match_parsed(self, parsed: ShardResult, shard: str
                      ) -> tuple[pa.Table, pa.Table, dict[str, Any]]:
@@ -183,7 +186,8 @@ class MatchActor:
         for url in batch["url"]:
             url = str(url)
             name = shard_name(url)
-            matched, counts, stats = self.matcher.match_parsed(load_shard(url), url)
+            matched, counts, stats = self.matcher.match_parsed(
+                load_shard(url, self.matcher.s.limits), url)
             stats["node"] = self.node
             base = storage.join(self.out, "matches", name)
             storage.write_bytes(base + ".parquet", _parquet_bytes(matched))
@@ -553,6 +557,8 @@ def build_datacard(cfg: DictConfig, match_stats: list[dict], sample_stats: list[
                       "zero_threshold_languages": thr.zero_threshold_languages,
                       "config": {"t_en": c.t_en, "p": c.p}},
         "sampling": {"mode": c.mode, "seed": c.seed, "epoch": 0},
+        # the training stream re-reads with these (pipelines/limits.py)
+        "limits": ReadLimits.from_config(c).to_dict(),
         "accounting": {"pairs_in": pairs_in, "kept": kept, "dropped": dict(drops),
                        "identity": f"{pairs_in} = {kept} + {sum(drops.values())}"},
         "languages_unit": "pairs with text, by the language of their first caption; "

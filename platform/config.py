@@ -91,6 +91,11 @@ class CurationConfig:
     # one input shard's kept pairs become <shard>.tar, <shard>-00001.tar, ...
     pairs_per_output_shard: int = 2000
     bytes_per_output_shard: int = 0
+    # Read limits on DECOMPRESSED bytes (pipelines/limits.py, docs/operations.md "Read
+    # limits"): one pair (tar member, Parquet row) and one shard in memory. Over them pairs
+    # are dropped as record_too_large / shard_too_large; training re-reads with the same.
+    max_record_bytes: int = 64 << 20
+    max_shard_bytes: int = 1 << 30
     # Exact dedup before counting: one copy per distinct image (sha256 of its bytes), the
     # smallest (shard, key) kept, the others dropped as duplicate_image (docs/curation.md).
     dedup: bool = True
@@ -380,6 +385,7 @@ RULES: dict[str, Rule] = {
     "curation.merged_metadata": _BOOL, "curation.mode": _choice("offline", "online"),
     "curation.seed": _SEED, "curation.batch_size": _int(1), "curation.concurrency": _int(1),
     "curation.pairs_per_output_shard": _int(1), "curation.bytes_per_output_shard": _int(0),
+    "curation.max_record_bytes": _int(1), "curation.max_shard_bytes": _int(1),
     "curation.dedup": _BOOL, "curation.decontaminate": _each(_SUITE_ITEM, nonempty=False),
     "curation.decontaminate_hamming": _int_in(0, 64),
     "train.data": _URL, "train.out": _URL, "train.name": _str(nonempty=True),

@@ -1,0 +1,165 @@
+"""Exact dedup and eval decontamination in curation (docs/curation.md): pure parts by hand,
+then a pool with planted exact duplicates and planted transformed copies of eval images,
+curated end to end on the real local Ray."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import make_config
+from eval_fixtures import photo_jpeg, write_xm3600
+from PIL import Image
+
+from worldclip.pipelines import curate, dedup, world
+from worldclip.platform import storage
+
+
+def test_exact_duplicates_keep_smallest_shard_key():
+    t = pa.table({"shard": ["b", "a", "a", "c", "b"], "key": ["k1", "k9", "k2", "k0", "k5"],
+                  "sha256": ["x", "x", "y", "x", "z"]})
+    d = dedup.exact_duplicates(t)
+    got = sorted(zip(d.column("shard").to_pylist(), d.column("key").to_pylist(),
+                     d.column("owner").to_pylist(), strict=True))
+    assert got == [("b", "k1", "a/k9"), ("c", "k0", "a/k9")]
+
+
+def test_hamming_matches_and_removed_counts():
+    evals = np.array([0, 0xFFFF], dtype=np.uint64)
+    pool = np.array([0b111, 0xFFFF ^ 0b1, 1 << 40 | 0xFFFFFF], dtype=np.uint64)
+    rows, near, dist = dedup.hamming_matches(pool, evals, 3)
+    assert rows.tolist() == [0, 1] and near.tolist() == [0, 1] and dist.tolist() == [3, 1]
+    m = pa.table({"key": ["a", "b"], "langs": [["en", "de"], ["en"]],
+                  "entry_ids": [[[1, 2], [5]], [[2]]]})
+    c = dedup.removed_counts(m, {"a"})
+    assert list(zip(*(c.column(x).to_pylist() for x in ("lang", "entry_id", "count")),
+                    strict=True)) == [("de", 5, 1), ("en", 1, 1), ("en", 2, 1)]
+
+
+def _enc(im: Image.Image, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def transformed_copies(data: bytes) -> dict[str, bytes]:
+    """The copies a crawler finds of a test image: resized, re-encoded, slightly cropped."""
+    im = Image.open(io.BytesIO(data)).convert("RGB")
+    w, h = im.size
+    c = max(1, round(0.03 * w))
+    return {"resize_up": _enc(im.resize((w * 2, h * 2), Image.BICUBIC)),
+            "resize_down": _enc(im.resize((w * 3 // 4, h * 3 // 4), Image.LANCZOS)),
+            "jpeg_q60": _enc(im, quality=60),
+            "crop_3pct": _enc(im.crop((c, c, w - c, h - c)))}
+
+
+def _meta(parts: dict[str, bytes], key: str) -> bytes:
+    """The donor's json (texts that match) under the planted record's own key."""
+    meta = json.loads(parts["json"])
+    meta["key"] = key
+    return json.dumps(meta).encode()
+
+
+def _read_tar(path: str) -> list[tuple[str, dict[str, bytes]]]:
+    out: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(path) as t:
+        for m in t:
+            key, _, ext = m.name.partition(".")
+            out.setdefault(key, {})[ext] = t.extractfile(m).read()
+    return list(out.items())
+
+
+def _write_tar(path: str, records: list[tuple[str, dict[str, bytes]]]) -> None:
+    with tarfile.open(path, "w") as t:
+        for key, parts in records:
+            for ext, data in parts.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                t.addfile(info, io.BytesIO(data))
+
+
+def _removed(out: str) -> dict[str, str]:
+    got = {}
+    for u in storage.glob(storage.join(out, "dedup", "removed", "*.parquet")):
+        if u.endswith(".counts.parquet"):
+            continue
+        t = pq.read_table(u)
+        for k, r in zip(t.column("key").to_pylist(), t.column("reason").to_pylist(),
+                        strict=True):
+            got[k] = r
+    return got
+
+
+@pytest.mark.slow
+def test_planted_duplicates_and_eval_copies_dropped_nothing_else(tmp_path, ray_session):
+    rng = np.random.default_rng(7)
+    xm = str(tmp_path / "xm3600")
+    eval_images = [photo_jpeg(rng) for _ in range(5)]
+    write_xm3600(xm, eval_images, {"en": [["a photo"]] * 5, "de": [["ein Foto"]] * 5})
+    cfg = make_config(str(tmp_path / "root"), f"curation.decontaminate=[{xm}]")
+    world.run(cfg)
+    raw = sorted(storage.glob(storage.join(cfg.world.out, "raw", "wds", "*.tar")))
+    donors = [(k, p) for k, p in _read_tar(raw[0]) if b'"concept": -1' not in p["json"]][:40]
+    planted: dict[str, str] = {}
+    records = []
+    for i, (_key, parts) in enumerate(donors[:8]):  # exact copies of pool images
+        records.append((f"planted_dup_{i:03d}", {"jpg": parts["jpg"],
+                                                  "json": _meta(parts, f"planted_dup_{i:03d}")}))
+        planted[f"planted_dup_{i:03d}"] = "duplicate_image"
+    j = 8
+    for e, img in enumerate(eval_images):  # transformed copies of eval images
+        for name, data in {"exact": img, **transformed_copies(img)}.items():
+            key = f"planted_eval_{e}_{name}"
+            records.append((key, {"jpg": data, "json": _meta(donors[j][1], key)}))
+            planted[key] = "eval_duplicate"
+            j += 1
+    _write_tar(os.path.join(os.path.dirname(storage.strip_scheme(raw[0])), "shard-00900.tar"),
+               records)
+    curate.run(cfg)
+    out = cfg.curation.out
+    matched = set(pq.read_table(storage.join(out, "matches", "shard-00900.parquet"))
+                  .column("key").to_pylist())
+    assert len(matched & set(planted)) >= 20, "planted captions should match"
+    removed = _removed(out)
+    # every planted copy that reached the match index is dropped with its reason ...
+    assert {k: planted[k] for k in matched & set(planted)} == \
+        {k: removed.get(k) for k in matched & set(planted)}
+    # ... and nothing else is (no false positive on the embedded world's pool)
+    assert set(removed) <= set(planted)
+    card = storage.read_json(storage.join(cfg.curation.balanced_out, "datacard.json"))
+    a = card["accounting"]
+    assert a["pairs_in"] == a["kept"] + sum(a["dropped"].values())
+    n_eval = sum(1 for k in matched if planted.get(k) == "eval_duplicate")
+    n_dup = sum(1 for k in matched if planted.get(k) == "duplicate_image")
+    assert a["dropped"]["eval_duplicate"] == n_eval and a["dropped"]["duplicate_image"] == n_dup
+    assert card["dedup"]["eval_duplicate_by_set"] == {"xm3600": n_eval}
+    assert storage.read_bytes(card["dedup"]["examples_png"])[:4] == b"\x89PNG"
+    # counts are over distinct, clean images: the planted shard adds nothing to them
+    counts = curate.load_counts(storage.join(out, "counts.npz"))
+    added = pq.read_table(storage.join(out, "matches", "shard-00900.counts.parquet"))
+    removed_c = pq.read_table(storage.join(out, "dedup", "removed",
+                                           "shard-00900.counts.parquet"))
+    assert added.column("count").to_pylist() and sorted(
+        zip(*(added.column(x).to_pylist() for x in ("lang", "entry_id", "count")))) == sorted(
+        zip(*(removed_c.column(x).to_pylist() for x in ("lang", "entry_id", "count"))))
+    assert all(int(v.sum()) >= 0 for v in counts.values())
+
+    # incremental: a new shard with one more copy; old shards are not hashed again
+    sha_file = dedup.hash_url(out, "shard-00000", "sha256")
+    before = os.path.getmtime(storage.strip_scheme(sha_file))
+    _write_tar(os.path.join(os.path.dirname(storage.strip_scheme(raw[0])), "shard-00901.tar"),
+               [("late_copy", {"jpg": donors[0][1]["jpg"],
+                               "json": _meta(donors[0][1], "late_copy")})])
+    curate.run(cfg)
+    removed2 = _removed(out)
+    if "late_copy" in set(pq.read_table(storage.join(out, "matches", "shard-00901.parquet"))
+                          .column("key").to_pylist()):
+        assert removed2["late_copy"] == "duplicate_image"
+    assert {k: v for k, v in removed2.items() if k != "late_copy"} == removed
+    assert os.path.getmtime(storage.strip_scheme(sha_file)) == before

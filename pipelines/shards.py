@@ -1,10 +1,14 @@
 """Raw shards -> pair records, with every bad record counted, never silently lost.
 
-A pair record is {"key", "image" (bytes), "texts" (list[str]), "meta" (JSON of the other
-fields, passed through to the curated output)}. Shards are parsed whole (one shard = one unit
-of work and of resume): WebDataset tar (key.jpg|png|webp + key.json {"texts": [...]} or
-key.txt) and Parquet (key?, image, texts | text | caption). Tar members are read into memory
-only -- never extracted -- and members with absolute or ".." paths are rejected.
+A pair record is {"key", "image" (bytes), "texts" (list[str]), "caption" (the .txt / `txt`
+caption or None), "meta" (JSON of the other fields, passed through to the curated output)}.
+Shards are parsed whole (one shard = one unit of work and of resume): WebDataset tar
+(key.jpg|png|webp + key.txt and/or key.json), img2dataset `files` folders (the same members as
+files), and Parquet (image column image|jpg|jpeg|png|webp, binary or Hugging Face's
+{bytes, path} struct). Which fields are texts, how they are deduplicated, and which
+img2dataset sidecars are skipped: docs/curation.md, "Input formats and text fields". Tar
+members are read into memory only -- never extracted -- and members with absolute or ".."
+paths are rejected.
 
 Keys become member names of the curated WebDataset shards, so a key from the data (json "key",
 Parquet "key") that is not a safe member stem (absolute, "..", "." in the name, control
@@ -22,27 +26,45 @@ import posixpath
 import tarfile
 import zlib
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from worldclip.pipelines.limits import (
+    DEFAULT_LIMITS,
+    RECORD_TOO_LARGE,
+    SHARD_TOO_LARGE,
+    ReadLimits,
+    ShardBudget,
+)
+from worldclip.pipelines.wds import image_ext
+from worldclip.platform import storage
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp")
-TEXT_FIELDS = ("texts", "text", "caption", "alt", "title")
+# json fields / Parquet columns holding texts, after the `.txt` member (Parquet: `txt`). The
+# MetaCLIP 2 attributes alt, title, data-image-title are separate texts of one pair.
+TEXT_FIELDS = ("texts", "text", "caption", "alt", "title", "data-image-title")
+# Reasons the parser itself decides; every other drop comes after LID and matching.
+PARSE_DROPS = ("corrupt_record", "no_text", "download_failed", RECORD_TOO_LARGE,
+               SHARD_TOO_LARGE)
+# Parquet image columns: ours, then img2dataset's (named after --encode_format).
+PARQUET_IMAGE_COLUMNS = ("image", "jpg", "jpeg", "png", "webp")
 MAX_TEXT_CHARS = 4096  # longer captions are cut for LID and matching (web alt-text is short)
-MAX_MEMBER_BYTES = 64 << 20  # a larger tar member is not read (gzip bombs); its pair is corrupt
+# a larger member is not read (gzip bombs): its pair is record_too_large (pipelines/limits.py)
+MAX_MEMBER_BYTES = DEFAULT_LIMITS.max_record_bytes
 MAX_KEY_CHARS = 256
-_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM")
 
 
 def looks_like_image(data: bytes | None) -> bool:
     """Cheap magic-byte check; full decoding (and bomb limits) happens at ingest."""
-    if not data:
-        return False
-    return data.startswith(_MAGIC) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+    return image_ext(data) is not None
 
 
 @dataclass
@@ -89,12 +111,15 @@ def clean_texts(raw: Any) -> list[str]:
     return out
 
 
-def _texts_from_meta(meta: dict[str, Any]) -> list[str]:
-    texts: list[str] = []
+def pair_texts(txt: Any, fields: dict[str, Any]) -> list[str]:
+    """The texts of one pair: the .txt caption, then TEXT_FIELDS in order, each cleaned, and
+    identical texts kept once -- img2dataset writes its caption both as KEY.txt and as json
+    `caption`, and a pair counted twice would double every entry count it matches."""
+    texts = clean_texts(txt) if txt is not None else []
     for f in TEXT_FIELDS:
-        if f in meta:
-            texts.extend(clean_texts(meta[f]))
-    return texts
+        if f in fields:
+            texts.extend(clean_texts(fields[f]))
+    return list(dict.fromkeys(texts))
 
 
 def safe_key(key: Any) -> str | None:
@@ -106,9 +131,19 @@ def safe_key(key: Any) -> str | None:
     return key if _utf8_ok(key) else None
 
 
+def download_failed(meta: dict[str, Any]) -> bool:
+    """img2dataset keeps failed downloads as rows with their `status` (failed_to_download,
+    failed_to_resize) and no image: not damage, so they get their own reason."""
+    status = meta.get("status")
+    return isinstance(status, str) and status != "success"
+
+
 def _finish(res: ShardResult, key: str, image: bytes | None, texts: list[str],
-            meta: dict[str, Any], text_present: bool) -> None:
-    if image is None or not text_present or not looks_like_image(image):
+            meta: dict[str, Any], caption: str | None = None) -> None:
+    if download_failed(meta):
+        res.drops["download_failed"] += 1
+        return
+    if image is None or not looks_like_image(image):
         res.drops["corrupt_record"] += 1
         return
     if not texts:
@@ -119,11 +154,12 @@ def _finish(res: ShardResult, key: str, image: bytes | None, texts: list[str],
         res.duplicate_keys += 1
         return
     res.keys.add(key)
-    meta = {k: v for k, v in meta.items() if k not in TEXT_FIELDS and k != "key"}
+    meta = {k: v for k, v in meta.items() if k not in TEXT_FIELDS and k not in ("key", "txt")}
     # lone surrogates in pass-through fields would fail the Arrow/UTF-8 writes: replace them
     meta_json = json.dumps(meta, ensure_ascii=False, default=str)
     meta_json = meta_json.encode("utf-8", "replace").decode("utf-8")
-    res.records.append({"key": key, "image": image, "texts": texts, "meta": meta_json})
+    res.records.append({"key": key, "image": image, "texts": texts, "caption": caption,
+                        "meta": meta_json})
 
 
 def _report_keys(res: ShardResult, shard: str) -> None:
@@ -158,8 +194,16 @@ def _check_tail(f: Any, shard: str, res: ShardResult) -> None:
                           "pair contents may be corrupt, re-copy the shard")
 
 
-def parse_wds(data: bytes, shard: str) -> ShardResult:
-    """A WebDataset tar shard. Members are grouped by key (basename up to the first dot).
+def parse_wds(data: bytes | Any, shard: str, limits: ReadLimits = DEFAULT_LIMITS
+              ) -> ShardResult:
+    """A WebDataset tar shard (bytes, or a seekable binary file: read as a stream). Members are
+    grouped by key (basename up to the first dot).
+
+    Decompressed bytes are budgeted from the member headers before any data is read
+    (pipelines/limits.py): a member over limits.max_record_bytes makes its pair
+    record_too_large; once the shard's members pass limits.max_shard_bytes, every later pair
+    is shard_too_large. Skipped members are walked over, never held, so memory stays within
+    the budget whatever the compression ratio.
 
     A truncated or corrupt tar keeps the pairs read before the damage; the incomplete group is
     counted corrupt and the shard error is reported. tarfile itself stops silently at a
@@ -176,8 +220,11 @@ def parse_wds(data: bytes, shard: str) -> ShardResult:
             groups.append((key, {}))
         return groups[i][1]
 
+    budget = ShardBudget(limits)
+    budget_noted = [False]
+    src = io.BytesIO(data) if isinstance(data, bytes | bytearray | memoryview) else data
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+        with tarfile.open(fileobj=src, mode="r:*") as tar:
             for m in tar:
                 if not m.isfile():
                     continue
@@ -190,10 +237,18 @@ def parse_wds(data: bytes, shard: str) -> ShardResult:
                                       "with relative member names")
                     group_of("unsafe:" + key, ext.lower())[ext.lower()] = b""
                     continue
-                if m.size > MAX_MEMBER_BYTES:
-                    res.errors.append(f"{shard}: tar member {m.name!r} has {m.size} bytes, over "
-                                      f"the {MAX_MEMBER_BYTES} byte limit; not read")
-                    group_of(key, ext.lower())["__oversize__"] = b""
+                over = budget.take(m.size)
+                if over:
+                    if over == RECORD_TOO_LARGE:
+                        res.errors.append(f"{shard}: tar member {m.name!r} has {m.size} bytes, "
+                                          f"over curation.max_record_bytes="
+                                          f"{limits.max_record_bytes}; not read")
+                    elif not budget_noted[0]:
+                        budget_noted[0] = True
+                        res.errors.append(f"{shard}: more than curation.max_shard_bytes="
+                                          f"{limits.max_shard_bytes} decompressed bytes; pairs "
+                                          f"from member {m.name!r} on are not read")
+                    group_of(key, ext.lower())[f"__{over}__"] = b""
                     continue
                 g = group_of(key, ext.lower())  # first: a failed read marks this group
                 f = tar.extractfile(m)  # reads the member's bytes; nothing touches the disk
@@ -210,79 +265,332 @@ def parse_wds(data: bytes, shard: str) -> ShardResult:
                           + ", re-copy or rewrite the shard")
         if groups:  # the group being read when the damage hit may be incomplete
             groups[-1][1]["__partial__"] = b""
+    _pairs_from_groups(res, groups)
+    _report_keys(res, shard)
+    return res
+
+
+def _pairs_from_groups(res: ShardResult, groups: list[tuple[str, dict[str, bytes]]]) -> None:
+    """(key, {extension: bytes}) groups of a tar or a files folder -> counted pairs."""
     for key, g in groups:
-        if key.startswith("unsafe:") or "__partial__" in g or "__oversize__" in g:
+        if key.startswith("unsafe:") or "__partial__" in g:
             res.drops["corrupt_record"] += 1
+            continue
+        over = next((r for r in (RECORD_TOO_LARGE, SHARD_TOO_LARGE) if f"__{r}__" in g), None)
+        if over or "__oversize__" in g:  # __oversize__: a files-folder file over the limit
+            res.drops[over or RECORD_TOO_LARGE] += 1
             continue
         image = next((g[e] for e in IMAGE_EXTS if e in g), None)
         meta: dict[str, Any] = {}
-        text_present = False
         if "json" in g:
             try:
                 meta = json.loads(g["json"].decode("utf-8"))
                 if not isinstance(meta, dict):
                     raise ValueError("not an object")
-                text_present = any(f in meta for f in TEXT_FIELDS)
             except (UnicodeDecodeError, ValueError, RecursionError):
                 res.drops["corrupt_record"] += 1
                 continue
-        texts = _texts_from_meta(meta)
-        if "txt" in g:
-            text_present = True
-            texts.extend(clean_texts(g["txt"]))
+        txt = clean_texts(g["txt"]) if "txt" in g else []
+        texts = pair_texts(txt, meta)
         final = safe_key(meta["key"]) if "key" in meta else None
         res.replaced_keys += "key" in meta and final is None
         final = final or safe_key(key)
         if final is None:  # e.g. a member named ".jpg": no key to write it under
             res.drops["corrupt_record"] += 1
             continue
-        _finish(res, final, image, texts, meta, text_present)
+        _finish(res, final, image, texts, meta, txt[0] if txt else None)
+
+
+def parquet_image_column(columns: set[str] | list[str]) -> str | None:
+    """The column holding image bytes: `image` (binary, or Hugging Face datasets' struct
+    {bytes, path}) or img2dataset's column named after its encode format (jpg, png, webp)."""
+    return next((c for c in PARQUET_IMAGE_COLUMNS if c in set(columns)), None)
+
+
+def _image_bytes(value: Any) -> bytes | None:
+    """Binary cell, or the `bytes` of a Hugging Face datasets Image struct {bytes, path}."""
+    if isinstance(value, dict):
+        value = value.get("bytes")
+    return value if isinstance(value, bytes) else None
+
+
+def _binary_lengths(arr: pa.Array, rows: int, parents: np.ndarray | None = None
+                    ) -> np.ndarray:
+    """Bytes per row of binary/string data in arr (structs and lists walked); fixed-width
+    values are ignored (they cannot be large)."""
+    out = np.zeros(rows, np.int64)
+    t = arr.type
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_string(t) \
+            or pa.types.is_large_string(t):
+        lens = pc.binary_length(arr).fill_null(0).to_numpy(zero_copy_only=False)
+        np.add.at(out, parents if parents is not None else np.arange(len(arr)), lens)
+    elif pa.types.is_struct(t):
+        for i in range(t.num_fields):
+            out += _binary_lengths(pc.struct_field(arr, [i]), rows, parents)
+    elif pa.types.is_list(t) or pa.types.is_large_list(t):
+        idx = pc.list_parent_indices(arr).to_numpy(zero_copy_only=False)
+        out += _binary_lengths(pc.list_flatten(arr), rows,
+                               idx if parents is None else parents[idx])
+    return out
+
+
+def row_bytes(table: pa.Table) -> np.ndarray:
+    """Decompressed bytes of each row's cells (pipelines/limits.py, per-record limit)."""
+    out = np.zeros(table.num_rows, np.int64)
+    for col in table.columns:
+        out += _binary_lengths(col.combine_chunks(), table.num_rows)
+    return out
+
+
+def _row_groups(pf: pq.ParquetFile, shard: str, res: ShardResult, limits: ReadLimits
+                ) -> Iterator[tuple[int, pa.Table]]:
+    """(index of its first row, table) of each row group the shard budget allows, read one
+    at a time. The decision comes from the footer's uncompressed sizes, before a row group is
+    materialised; the rows of a refused one are counted (a single-row group over
+    max_record_bytes is record_too_large, anything else past the budget shard_too_large)."""
+    budget = ShardBudget(limits)
+    md = pf.metadata
+    start = 0
+    for i in range(md.num_row_groups):
+        rg = md.row_group(i)
+        n = rg.num_rows
+        over = budget.take(rg.total_byte_size, record=n == 1)
+        if over:
+            if not res.drops.get(over):
+                key = "max_record_bytes" if over == RECORD_TOO_LARGE else "max_shard_bytes"
+                res.errors.append(f"{shard}: row group {i} ({n} rows) holds "
+                                  f"{rg.total_byte_size} bytes uncompressed, over "
+                                  f"curation.{key}={getattr(limits, key)}; counted {over}, "
+                                  "not read")
+            res.drops[over] += n
+        else:
+            try:
+                yield start, pf.read_row_group(i)
+            except (pa.ArrowException, OSError, ValueError) as e:
+                res.errors.append(f"{shard}: row group {i} unreadable ({e}); its {n} rows "
+                                  "counted corrupt_record, rewrite the file")
+                res.drops["corrupt_record"] += n
+        start += n
+
+
+def _open_parquet(data: bytes | Any) -> pq.ParquetFile:
+    return pq.ParquetFile(io.BytesIO(data) if isinstance(data, bytes | bytearray | memoryview)
+                          else data)
+
+
+def parse_parquet(data: bytes | Any, shard: str, limits: ReadLimits = DEFAULT_LIMITS
+                  ) -> ShardResult:
+    """A Parquet shard (bytes or a seekable binary file): columns key (optional), an image
+    column (parquet_image_column), text columns txt and TEXT_FIELDS; img2dataset's failed rows
+    (status) count download_failed. Read row group by row group within the limits (rows over
+    max_record_bytes are record_too_large, row groups past max_shard_bytes shard_too_large)."""
+    res = ShardResult()
+    try:
+        pf = _open_parquet(data)
+        cols = set(pf.schema_arrow.names)
+        num_rows = pf.metadata.num_rows
+    except (pa.ArrowException, OSError, ValueError) as e:
+        res.errors.append(f"{shard}: unreadable Parquet ({e}); the file is skipped, rewrite it")
+        return res
+    if is_text_only(cols):  # text-first curation: `worldclip wat` shards (docs/curation.md)
+        parts = [t for _, t in _row_groups(pf, shard, res, limits)]
+        out = parse_text_only(pa.concat_tables(parts) if parts else
+                              pf.schema_arrow.empty_table(), shard)
+        out.drops.update(res.drops)
+        out.errors[:0] = res.errors
+        return out
+    image_col = parquet_image_column(cols)
+    if image_col is None:
+        res.errors.append(
+            f"{shard}: Parquet columns {sorted(cols)} lack 'image' (or img2dataset's "
+            f"{'/'.join(PARQUET_IMAGE_COLUMNS[1:])}); all {num_rows} rows counted "
+            "corrupt_record")
+        res.drops["corrupt_record"] += num_rows
+        return res
+    text_cols = [c for c in TEXT_FIELDS if c in cols]
+    if not text_cols and "txt" not in cols and num_rows:
+        res.errors.append(
+            f"{shard}: Parquet columns {sorted(cols)} have no text column "
+            f"(txt/{'/'.join(TEXT_FIELDS)}); its pairs count no_text (img2dataset without "
+            "--caption_col?)")
+    prefix = shard_name(shard).replace(".", "_")  # no dots: WebDataset splits keys at the first
+    for start, table in _row_groups(pf, shard, res, limits):
+        sizes = row_bytes(table)
+        ok = np.flatnonzero(sizes <= limits.max_record_bytes)
+        if len(ok) < table.num_rows:
+            big = int((sizes > limits.max_record_bytes).sum())
+            res.errors.append(f"{shard}: {big} rows over curation.max_record_bytes="
+                              f"{limits.max_record_bytes} (largest {int(sizes.max())} bytes); "
+                              "counted record_too_large")
+            res.drops[RECORD_TOO_LARGE] += big
+            table = table.take(pa.array(ok))
+        for j, row in zip(ok.tolist(), table.to_pylist(), strict=True):
+            _parquet_pair(res, row, start + j, prefix, image_col)
+        del table
     _report_keys(res, shard)
     return res
 
 
-def parse_parquet(data: bytes, shard: str) -> ShardResult:
-    """A Parquet shard: columns key (optional), image (binary), texts/text/caption."""
+def _parquet_pair(res: ShardResult, row: dict[str, Any], i: int, prefix: str,
+                  image_col: str) -> None:
+    """One Parquet row -> a counted pair."""
+    key = safe_key(row.get("key"))
+    if key is None and row.get("key") is not None:
+        res.replaced_keys += 1
+    key = key or f"{prefix}_{i:06d}"
+    txt = clean_texts(row.get("txt"))
+    meta = {k: v for k, v in row.items() if k != image_col}
+    _finish(res, key, _image_bytes(row.get(image_col)), pair_texts(txt, meta), meta,
+            txt[0] if txt else None)
+
+
+# Text-only shards (docs/curation.md, "Text-first curation from Common Crawl"): an image URL
+# and its texts, no image yet. Any column that can hold image bytes (ours, img2dataset's
+# encode-format column, a Hugging Face `image` struct) makes a shard an image shard instead.
+TEXT_ONLY_TEXT_FIELDS = (*TEXT_FIELDS, "data-image-title")
+
+
+def is_text_only(columns: set[str] | list[str]) -> bool:
+    """A Parquet shard with a `url` column and no image column: curated before download."""
+    cols = set(columns)
+    return "url" in cols and parquet_image_column(cols) is None
+
+
+def _http_url(v: Any) -> str | None:
+    if isinstance(v, str) and v.startswith(("http://", "https://")) and _utf8_ok(v):
+        return v
+    return None
+
+
+def parse_text_only(table: pa.Table, shard: str) -> ShardResult:
+    """Rows of a text-only shard -> records with `url` and image None.
+
+    Texts are the text columns in order (alt, title, data-image-title for `wat` shards), exact
+    duplicates removed: alt == title is common and must not count twice in matching. A row
+    without an http(s) URL is a corrupt_record (nothing could ever be downloaded for it)."""
     res = ShardResult()
-    try:
-        table = pq.read_table(io.BytesIO(data))
-    except (pa.ArrowException, OSError, ValueError) as e:
-        res.errors.append(f"{shard}: unreadable Parquet ({e}); the file is skipped, rewrite it")
-        return res
     cols = set(table.column_names)
-    text_cols = [c for c in TEXT_FIELDS if c in cols]
-    if "image" not in cols or not text_cols:
-        res.errors.append(
-            f"{shard}: Parquet columns {sorted(cols)} lack 'image' and/or a text column "
-            f"({'/'.join(TEXT_FIELDS)}); all {table.num_rows} rows counted corrupt_record")
-        res.drops["corrupt_record"] += table.num_rows
-        return res
-    rows = table.to_pylist()
-    prefix = shard_name(shard).replace(".", "_")  # no dots: WebDataset splits keys at the first
-    for i, row in enumerate(rows):
+    text_cols = [c for c in TEXT_ONLY_TEXT_FIELDS if c in cols]
+    prefix = shard_name(shard).replace(".", "_")
+    for i, row in enumerate(table.to_pylist()):
         key = safe_key(row.get("key"))
         if key is None and row.get("key") is not None:
             res.replaced_keys += 1
         key = key or f"{prefix}_{i:06d}"
-        image = row.get("image")
+        url = _http_url(row.get("url"))
+        if url is None or not text_cols:
+            res.drops["corrupt_record"] += 1
+            continue
         texts: list[str] = []
         for c in text_cols:
-            texts.extend(clean_texts(row.get(c)))
-        present = any(row.get(c) is not None for c in text_cols)
-        meta = {k: v for k, v in row.items() if k != "image"}
-        _finish(res, key, image if isinstance(image, bytes) else None, texts, meta, present)
+            texts.extend(t for t in clean_texts(row.get(c)) if t not in texts)
+        if not texts:
+            res.drops["no_text"] += 1
+            continue
+        if key in res.keys:
+            res.drops["corrupt_record"] += 1
+            res.duplicate_keys += 1
+            continue
+        res.keys.add(key)
+        meta = {k: v for k, v in row.items() if k not in TEXT_ONLY_TEXT_FIELDS and k != "key"}
+        meta_json = json.dumps(meta, ensure_ascii=False, default=str)
+        res.records.append({"key": key, "image": None, "url": url, "texts": texts,
+                            "meta": meta_json.encode("utf-8", "replace").decode("utf-8")})
+    if not text_cols and table.num_rows:
+        res.errors.append(f"{shard}: text-only Parquet (url, no image column) without a text "
+                          f"column ({'/'.join(TEXT_ONLY_TEXT_FIELDS)}); all {table.num_rows} "
+                          "rows counted corrupt_record")
     _report_keys(res, shard)
     return res
 
 
-def parse_shard(data: bytes, shard: str) -> ShardResult:
+def parse_shard(data: bytes | Any, shard: str, limits: ReadLimits = DEFAULT_LIMITS
+                ) -> ShardResult:
+    """A shard's bytes (or a seekable binary file) -> counted pairs, within `limits`."""
     if shard.endswith(".parquet"):
-        return parse_parquet(data, shard)
+        return parse_parquet(data, shard, limits)
     if shard.endswith((".tar", ".tar.gz", ".tgz")):
-        return parse_wds(data, shard)
+        return parse_wds(data, shard, limits)
     res = ShardResult()
-    res.errors.append(f"{shard}: unknown shard format; use .tar (WebDataset) or .parquet")
+    res.errors.append(f"{shard}: unknown shard format; use .tar (WebDataset) or .parquet, or "
+                      "a folder of KEY.jpg + KEY.txt/KEY.json (img2dataset `files` output)")
     return res
+
+
+# ---------------------------------------------------------------- img2dataset `files` folders
+
+def is_folder(url: str) -> bool:
+    return bool(storage.filesystem(url).isdir(storage.strip_scheme(url)))
+
+
+def read_folder(url: str, limits: ReadLimits = DEFAULT_LIMITS) -> dict[str, bytes | None]:
+    """The files directly in a folder: name -> bytes (None: over the record limit or past the
+    shard budget of pipelines/limits.py, not read)."""
+    fs = storage.filesystem(url)
+    out: dict[str, bytes | None] = {}
+    budget = ShardBudget(limits)
+    for info in sorted(fs.ls(storage.strip_scheme(url), detail=True), key=lambda i: i["name"]):
+        if info.get("type") != "file":
+            continue
+        name = posixpath.basename(info["name"].rstrip("/"))
+        too_big = budget.take(int(info.get("size") or 0))
+        out[name] = None if too_big else storage.read_bytes(storage.join(url, name))
+    return out
+
+
+def parse_files(files: dict[str, bytes | None], shard: str) -> ShardResult:
+    """An img2dataset `files` shard folder (KEY.jpg, KEY.txt, KEY.json side by side): the same
+    pairs, and the same accounting, as the tar holding those members."""
+    res = ShardResult()
+    groups: dict[str, dict[str, bytes]] = {}
+    for name, data in files.items():
+        stem, _, ext = name.partition(".")
+        g = groups.setdefault(stem, {})
+        if data is None:
+            res.errors.append(f"{shard}: file {name!r} is over curation.max_record_bytes "
+                              "or past curation.max_shard_bytes; not read")
+            g["__oversize__"] = b""
+        else:
+            g[ext.lower()] = data
+    _pairs_from_groups(res, list(groups.items()))
+    _report_keys(res, shard)
+    return res
+
+
+def load_shard(url: str, limits: ReadLimits = DEFAULT_LIMITS) -> ShardResult:
+    """Read and parse one input shard (a file, or an img2dataset `files` folder) by URL.
+
+    A file within the shard budget is read whole (storage.read_bytes retries transient
+    errors); a larger one is parsed from an open stream, so the raw file is never held either
+    (pipelines/limits.py)."""
+    if not url.endswith((".tar", ".tar.gz", ".tgz", ".parquet")) and is_folder(url):
+        return parse_files(read_folder(url, limits), url)
+    fs, path = storage.filesystem(url), storage.strip_scheme(url)
+    if storage.retry(lambda: fs.size(path), what=f"size {url}") > limits.max_shard_bytes:
+        with fs.open(path, "rb") as f:
+            return parse_shard(f, url, limits)
+    return parse_shard(storage.read_bytes(url), url, limits)
+
+
+# ---------------------------------------------------------------- input listing
+
+def sidecar_reason(url: str, listed: set[str]) -> str | None:
+    """Why an input URL is an img2dataset sidecar, not data (None: it is data).
+
+    img2dataset writes NNNNN_stats.json beside every shard, and beside each NNNNN.tar (or
+    NNNNN/ `files` folder) a metadata-only NNNNN.parquet of the same rows without images. Its
+    Parquet output has no sibling tar or folder: that file is data."""
+    base = posixpath.basename(url.rstrip("/"))
+    if base.endswith("_stats.json"):
+        return "img2dataset stats sidecar"
+    if base.endswith(".parquet"):
+        stem = url[: -len(".parquet")]
+        name = posixpath.basename(stem)
+        if stem + ".tar" in listed or storage.exists(stem + ".tar"):
+            return f"img2dataset metadata-only sidecar of {name}.tar (no images)"
+        if storage.exists(stem) and is_folder(stem):
+            return f"img2dataset metadata-only sidecar of the folder {name}/ (no images)"
+    return None
 
 
 def shard_name(url: str) -> str:

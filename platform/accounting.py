@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 DROP_REASONS = (
     "corrupt_record",    # undecodable record or image, missing image
@@ -31,6 +32,32 @@ INGEST_DROP_REASONS = (
     "shard_too_large",    # past the curation's max_shard_bytes at re-read
     "corrupt_record",     # the curated record itself is damaged (missing image, bad json)
 )
+
+
+def ingest_epoch_account(epoch: int, kept: int, consumed: int, trained: int,
+                         dropped: Mapping[str, int], trimmed: int) -> dict[str, Any]:
+    """One epoch of the training stream, every pair curation kept placed exactly once:
+
+        kept = trained + dropped at ingest (by reason) + trimmed + missing + not_reached
+
+    `consumed` are the positions the optimizer steps covered (steps x global batch);
+    `not_reached` the rest (the tail short of a full global batch, or the run's end at
+    max_steps); `trimmed` rows of a rank cut to the shortest rank's micro-batch; `missing`
+    positions no row arrived for (0 unless a curated file holds fewer pairs than its stats
+    say) -- reported, never hidden (docs/operations.md, "Every kept pair is accounted for")."""
+    d = {r: int(n) for r, n in sorted(dropped.items()) if int(n)}
+    unknown = set(d) - set(INGEST_DROP_REASONS)
+    if unknown:
+        raise AccountingError(f"unknown ingest drop reasons {sorted(unknown)}; allowed "
+                              f"{INGEST_DROP_REASONS}")
+    missing = consumed - trained - sum(d.values()) - trimmed
+    not_reached = kept - consumed
+    if missing < 0 or not_reached < 0:
+        raise AccountingError(f"epoch {epoch}: {kept} kept, {consumed} consumed, {trained} "
+                              f"trained + {d} dropped + {trimmed} trimmed: more pairs out "
+                              "than in")
+    return {"epoch": epoch, "kept": kept, "trained": trained, "dropped_at_ingest": d,
+            "trimmed": trimmed, "missing": missing, "not_reached": not_reached}
 
 
 def merge(counters: Iterable[Mapping[str, int]]) -> Counter:

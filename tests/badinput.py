@@ -295,7 +295,9 @@ def bad_json_tar() -> BadShard:
     ]
     return BadShard("bad-json.tar", "json not an object / cut / nested 100k deep / no text",
                     tar_bytes(members), pairs_written=6, pairs_in=6,
-                    drops={"corrupt_record": 6})
+                    drops={"corrupt_record": 4, "no_text": 2},
+                    note="j3 (no text field) and j4 (image only) are no_text, like an "
+                         "img2dataset download without --caption_col; j5 has no image")
 
 
 def long_caption_tar() -> BadShard:
@@ -345,8 +347,8 @@ def parquet_missing_image() -> BadShard:
 def parquet_missing_text() -> BadShard:
     t = pa.table({"key": ["pt0", "pt1"], "image": _img_col(2), "url": ["u0", "u1"]})
     return BadShard("bad-missing-text.parquet", "Parquet without a text column",
-                    parquet_bytes(t), pairs_written=2, pairs_in=2, drops={"corrupt_record": 2},
-                    error="a text column")
+                    parquet_bytes(t), pairs_written=2, pairs_in=2, drops={"no_text": 2},
+                    error="no text column")
 
 
 def parquet_extra_columns() -> BadShard:
@@ -368,8 +370,8 @@ def parquet_nulls() -> BadShard:
                          ("texts", pa.list_(pa.string()))]))
     return BadShard("bad-nulls.parquet", "Parquet with nulls (image, texts, key, elements)",
                     parquet_bytes(t), pairs_written=6, pairs_in=6,
-                    drops={"corrupt_record": 2, "no_text": 2}, matched=2,
-                    note="null image/texts corrupt; [] and [null, ''] no_text; "
+                    drops={"corrupt_record": 1, "no_text": 3}, matched=2,
+                    note="null image corrupt; null texts, [] and [null, ''] no_text; "
                          "null key -> row name")
 
 

@@ -139,7 +139,11 @@ def load_xm3600(spec: dict[str, Any], languages: list[str] | None = None) -> Ben
     langs = _langs(available, languages or spec.get("languages"), spec["name"])
     keys = [str(d["image/key"]) for d in keep]
     images = _read_all([storage.join(url, "images", f"{k}.jpg") for k in keys])
-    captions = {g: [list((d.get(g) or {}).get("caption") or []) for d in keep] for g in langs}
+    # CLIP_benchmark scores XM3600 on each image's FIRST caption per language (the paper's
+    # protocol); spec all_captions: true counts every caption as a positive instead.
+    first = not spec.get("all_captions", False)
+    captions = {g: [list((d.get(g) or {}).get("caption") or [])[: 1 if first else None]
+                    for d in keep] for g in langs}
     return Benchmark(spec["name"], "xm3600", keys, images, captions=captions)
 
 

@@ -617,7 +617,12 @@ def _write_outputs(cfg: DictConfig, metrics: dict[str, Any]) -> dict[str, Any]:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """`worldclip eval`: evaluate eval.checkpoint (default: the train run's export) on
     eval.data; writes metrics.json, zero_shot_top1.png and config.yaml to eval.out and returns
-    a summary (overall and per-language top-1; the full metrics are in metrics.json)."""
+    a summary (overall and per-language top-1; the full metrics are in metrics.json).
+    With eval.suite set, runs the benchmark suite instead (pipelines/eval_suite.py)."""
+    if cfg.eval.get("suite"):
+        from worldclip.pipelines.eval_suite import run_suite
+
+        return run_suite(cfg)
     ckpt = _checkpoint_url(cfg)
     model, tokenizer = load_model(ckpt)
     eval_set = load_eval_set(str(cfg.eval.data))

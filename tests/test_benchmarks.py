@@ -1,0 +1,148 @@
+"""Benchmark loaders on fixtures written in the real distributed formats (tests/eval_fixtures.py),
+bootstrap intervals, and `worldclip eval` with a suite of benchmarks and two checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from eval_fixtures import (
+    photo_jpeg,
+    write_babel_imagenet,
+    write_clip_benchmark_wds,
+    write_xm3600,
+)
+from transformers import MetaClip2Model
+
+from worldclip.models.presets import build_config
+from worldclip.models.tokenizer import train_tokenizer
+from worldclip.pipelines import benchmarks, eval_suite
+from worldclip.pipelines import evaluate as ev
+from worldclip.platform import storage
+from worldclip.platform.config import ConfigError, load_config
+
+RNG = np.random.default_rng(3)
+IMAGES = [photo_jpeg(RNG, size=48) for _ in range(6)]
+XM_CAPS = {"en": [[f"a photo number {i}", f"another caption {i}"] for i in range(6)],
+           "de": [[f"ein Foto Nummer {i}"] for i in range(6)],
+           "ja": [[f"写真 {i}"] for i in range(6)]}
+
+
+def spec(url: str, **kw) -> dict:
+    return benchmarks.normalize_spec({"url": url, **kw}, "test")
+
+
+def test_xm3600_loader_reads_captions_jsonl_and_images(tmp_path):
+    root = str(tmp_path / "xm3600")
+    keys = write_xm3600(root, IMAGES, XM_CAPS)
+    os.remove(os.path.join(root, "images", f"{keys[5]}.jpg"))  # a missing image is skipped
+    s = spec(root)
+    assert s["type"] == "xm3600"
+    b = benchmarks.load(s)
+    assert b.keys == keys[:5] and b.images == IMAGES[:5]
+    assert sorted(b.captions) == ["de", "en", "ja"]
+    assert b.captions["en"][2] == ["a photo number 2"]  # first caption (CLIP_benchmark)
+    assert benchmarks.load(spec(root, all_captions=True)).captions["en"][2] == \
+        ["a photo number 2", "another caption 2"]
+    assert list(benchmarks.load(s, ["de"]).captions) == ["de"]
+    with pytest.raises(ConfigError, match="not in it"):
+        benchmarks.load(s, ["xx"])
+
+
+def test_babel_imagenet_loader_subsets_classes_per_language(tmp_path):
+    root = str(tmp_path / "imagenet_val")
+    per_class = [IMAGES[i:i + 2] for i in range(0, 6, 2)]  # 3 classes x 2 images
+    write_babel_imagenet(root, per_class, {"de": ([0, 2], ["Schleie", "Weißer Hai"]),
+                                           "ja": ([1, 2], ["金魚", "ホオジロザメ"])},
+                         prompts={"de": ["ein Foto von {}."]})
+    b = benchmarks.load(spec(root, templates=os.path.join(root, "prompts.json")))
+    assert b.type == "babel_imagenet" and len(b.images) == 6
+    assert b.rows["de"].tolist() == [0, 1, 4, 5] and b.labels["de"].tolist() == [0, 0, 1, 1]
+    assert b.rows["ja"].tolist() == [2, 3, 4, 5] and b.labels["ja"].tolist() == [0, 0, 1, 1]
+    assert b.classnames["ja"] == ["金魚", "ホオジロザメ"]
+    assert b.templates["de"] == ["ein Foto von {}."]
+    assert b.templates["ja"] == ev.DEFAULT_TEMPLATES["ja"]  # no translated prompts given
+
+
+def test_clip_benchmark_wds_loader_classification_and_retrieval(tmp_path):
+    cls_root = str(tmp_path / "wds_cls")
+    write_clip_benchmark_wds(cls_root, IMAGES, labels=[0, 1, 2, 0, 1, 2],
+                             classnames=["cat", "dog", "car"],
+                             templates=["a photo of a {c}.", "a {c}."], per_shard=4)
+    b = benchmarks.load(spec(cls_root))
+    assert b.type == "wds" and len(b.images) == 6 and b.images == IMAGES
+    assert b.labels["en"].tolist() == [0, 1, 2, 0, 1, 2]
+    assert b.classnames["en"] == ["cat", "dog", "car"]
+    assert b.templates["en"] == ["a photo of a {}.", "a {}."]
+    ret_root = str(tmp_path / "wds_ret")
+    write_clip_benchmark_wds(ret_root, IMAGES, captions=XM_CAPS["en"])
+    r = benchmarks.load(spec(ret_root, language="en"))
+    assert not r.classnames and r.captions["en"][1] == XM_CAPS["en"][1]
+
+
+def test_bootstrap_interval_is_seeded_and_covers_the_mean():
+    v = (np.arange(400) % 4 == 0).astype(float)  # mean 0.25
+    a = eval_suite.summarize(v, eval_suite.bootstrap_means(v, 500, seed=1))
+    b = eval_suite.summarize(v, eval_suite.bootstrap_means(v, 500, seed=1))
+    assert a == b and a["lo"] < 0.25 < a["hi"] and a["hi"] - a["lo"] < 0.12
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(tmp_path_factory):
+    texts = [c for caps in XM_CAPS.values() for cs in caps for c in cs]
+    texts += ["cat", "dog", "car", "a photo of a", "Schleie"] + \
+        [t for ts in ev.DEFAULT_TEMPLATES.values() for t in ts]
+    tok = train_tokenizer(texts * 3, vocab_size=400)
+    dirs = []
+    for seed in (0, 1):
+        out = tmp_path_factory.mktemp(f"ckpt{seed}")
+        torch.manual_seed(seed)
+        MetaClip2Model(build_config("tiny", vocab_size=len(tok))).save_pretrained(str(out))
+        tok.save_pretrained(str(out))
+        dirs.append(str(out))
+    return dirs
+
+
+def test_suite_scores_match_evaluate_and_write_tables(tmp_path, two_checkpoints):
+    xm = str(tmp_path / "xm3600")
+    write_xm3600(xm, IMAGES, XM_CAPS)
+    wds = str(tmp_path / "wds_cls")
+    write_clip_benchmark_wds(wds, IMAGES, labels=[0, 1, 2, 0, 1, 2],
+                             classnames=["cat", "dog", "car"])
+    out = str(tmp_path / "eval")
+    cfg = load_config([f"eval.out={out}", "eval.bootstrap=200",
+                       f"eval.suite=[{{name: xm, url: {xm}}}, {{name: cls, url: {wds}}}]",
+                       f"eval.checkpoints=[a={two_checkpoints[0]}, b={two_checkpoints[1]}]"])
+    summary = ev.run(cfg)
+    assert summary["checkpoints"] == ["a", "b"] and summary["benchmarks"] == ["xm", "cls"]
+    res = storage.read_json(os.path.join(out, "suite.json"))["results"]
+    # same numbers as the single-set scoring functions
+    model, tok = ev.load_model(two_checkpoints[0])
+    feats = ev.embed_images(model, IMAGES)
+    cls = ev.class_embeddings(model, tok, ["cat", "dog", "car"], ["a photo of a {}."])
+    top1 = ev.zero_shot(feats, np.array([0, 1, 2, 0, 1, 2]), cls)["top1"]
+    assert res["a"]["cls"]["languages"]["en"]["top1"]["value"] == pytest.approx(top1)
+    text = ev.embed_texts(model, tok, [c[0] for c in XM_CAPS["de"]])
+    r = ev.retrieval(feats, text)
+    got = res["a"]["xm"]["languages"]["de"]
+    assert got["i2t_r@1"]["value"] == pytest.approx(r["i2t_r@1"])
+    assert got["t2i_r@5"]["value"] == pytest.approx(r["t2i_r@5"])
+    for lang in ("en", "de", "ja"):
+        m = res["b"]["xm"]["languages"][lang]["t2i_r@1"]
+        assert m["lo"] <= m["value"] <= m["hi"] and m["n"] == 6
+    md = storage.read_text(os.path.join(out, "suite.md"))
+    assert md.count("| ja | 6 |") == 2 and "## cls (wds, 6 images) -- b" in md
+    comp = storage.read_text(os.path.join(out, "comparison.md"))
+    assert "| xm | t2i_r@1 |" in comp and "| cls | top1 |" in comp
+    assert storage.read_bytes(os.path.join(out, "comparison.png"))[:4] == b"\x89PNG"
+    again = ev.run(cfg)  # seeded: the same intervals
+    assert json.dumps(again["comparison"]) == json.dumps(summary["comparison"])
+
+
+def test_suite_config_errors_name_the_key(tmp_path):
+    cfg = load_config([f"eval.out={tmp_path}", "eval.suite=[{name: x, url: /x, type: coco}]"])
+    with pytest.raises(ConfigError, match="eval.suite.*type='coco'"):
+        ev.run(cfg)

@@ -32,7 +32,7 @@ import pytest
 import webdataset
 from PIL import Image
 
-from worldclip.pipelines import curate, wds
+from worldclip.pipelines import curate, ingest, wds
 from worldclip.pipelines.curate import MatchSettings, ShardMatcher, write_wds
 from worldclip.pipelines.shards import load_shard, parse_shard
 from worldclip.platform.config import ConfigError
@@ -315,6 +315,12 @@ def test_curate_img2dataset_outputs_read_back_the_open_clip_way(tmp_path: Path,
     assert all(img.size == (16, 16) for img, _, _ in got)
     with tarfile.open(shards[2]) as t:  # the webp input kept its real extension
         assert {n.rsplit(".", 1)[1] for n in t.getnames()} == {"webp", "txt", "json"}
+    # the training stream reads the same pairs, with per-file row counts from the stats
+    src = ingest.Source.open(cfg.curation.balanced_out)
+    assert src.mode == "offline" and len(src.files) == 6
+    rows = [ingest.read_rows("offline", f) for f in src.files]
+    assert ingest.file_row_counts(src, list(src.files), 0, 0) == [len(r) for r in rows]
+    assert {r["key"]: r["texts"][0] for rs in rows for r in rs} == expected
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ import os
 import signal
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -336,20 +337,22 @@ def _tokenizer(url: str) -> Any:
     return cached_tokenizer(tokenizer_path(url))
 
 
-def prepare_tokenizer(cfg: DictConfig) -> tuple[str, int]:
+def prepare_tokenizer(cfg: DictConfig, captions: Iterable[str] | None = None,
+                      url: str | None = None) -> tuple[str, int]:
     """The tokenizer URL and vocab size: a given HF tokenizer, or one trained on the curated
-    captions and saved with the dataset (<data>/tokenizer)."""
+    captions and saved with the dataset (<data>/tokenizer). `worldclip tune` passes its own
+    captions (every matched pair's) and url (<tune.out>/tokenizer): one for all trials."""
     from worldclip.models.tokenizer import load_tokenizer, train_tokenizer
     from worldclip.pipelines.ingest import Source
 
     tc = cfg.train
-    url = tc.tokenizer or storage.join(tc.data, "tokenizer")
+    url = tc.tokenizer or url or storage.join(tc.data, "tokenizer")
     if not tc.tokenizer and not storage.exists(storage.join(url, "tokenizer.json")):
         log.info("training a %d-token unigram tokenizer on the curated captions",
                  tc.tokenizer_vocab)
         with tempfile.TemporaryDirectory() as d:
-            train_tokenizer(Source.open(tc.data).captions(), vocab_size=tc.tokenizer_vocab,
-                            out_dir=d)
+            train_tokenizer(Source.open(tc.data).captions() if captions is None else captions,
+                            vocab_size=tc.tokenizer_vocab, out_dir=d)
             storage.upload_dir(d, url)
     tok = load_tokenizer(tokenizer_path(url))
     return url, len(tok)

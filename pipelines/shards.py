@@ -447,7 +447,7 @@ def _parquet_pair(res: ShardResult, row: dict[str, Any], i: int, prefix: str,
 # Text-only shards (docs/curation.md, "Text-first curation from Common Crawl"): an image URL
 # and its texts, no image yet. Any column that can hold image bytes (ours, img2dataset's
 # encode-format column, a Hugging Face `image` struct) makes a shard an image shard instead.
-TEXT_ONLY_TEXT_FIELDS = (*TEXT_FIELDS, "data-image-title")
+TEXT_ONLY_TEXT_FIELDS = TEXT_FIELDS  # alt, title, data-image-title among them
 
 
 def is_text_only(columns: set[str] | list[str]) -> bool:

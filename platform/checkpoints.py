@@ -31,6 +31,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from worldclip.platform.config import ConfigError
+
 # module.qualname of every non-tensor type a DeepSpeed 0.19.8 checkpoint holds (model states
 # hold none; ZeRO optimizer states hold these). Tensors, dicts, lists, tuples, str, numbers,
 # torch.Size and OrderedDict are allowed by weights_only itself.
@@ -45,8 +47,9 @@ _env_lock = threading.Lock()
 _env_state: dict[str, Any] = {"depth": 0, "saved": None}  # nesting / threads share one switch
 
 
-class UnsafeCheckpointError(RuntimeError):
-    """A checkpoint file needs more than tensors and the allow-list to load: refused."""
+class UnsafeCheckpointError(ConfigError):
+    """A checkpoint file needs more than tensors and the allow-list to load: refused. A user
+    error (the CLI prints it as one line, exit 2): point at a checkpoint you trust."""
 
 
 @functools.lru_cache(maxsize=1)

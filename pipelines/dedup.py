@@ -50,7 +50,7 @@ import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
 from worldclip.pipelines.shards import shard_name
-from worldclip.platform import storage
+from worldclip.platform import owned, storage
 
 log = logging.getLogger(__name__)
 
@@ -63,19 +63,67 @@ _PAIRWISE_BLOCK = 4_000_000  # pool x eval comparisons held at once (uint64: 32 
 
 # ============================================================== pure functions
 
+_N = 32  # phash: 8x8 low frequencies of the DCT of a 32x32 grey thumbnail (imagehash)
+_DCT = 2.0 * np.cos(np.pi * np.outer(np.arange(_N), 2 * np.arange(_N) + 1) / (2 * _N))
+
+
 def phash64(data: bytes) -> int | None:
-    """64-bit perceptual hash (imagehash.phash, 8x8 DCT of a 32x32 grey thumbnail); None when
-    the bytes do not decode. JPEGs are decoded at reduced scale (PIL draft): the hash only
-    sees 32x32, and a full decode of a web photo costs ~10x the hash."""
+    """imagehash.phash (64 bits) of one image as an int; None when it does not decode."""
     import imagehash
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as im:
-            im.draft("L", (64, 64))
+            im.draft("L", (2 * _N, 2 * _N))  # JPEG: decode at reduced scale
             return int(str(imagehash.phash(im)), 16)
     except Exception:  # noqa: BLE001 -- any undecodable image: no perceptual hash
         return None
+
+
+def _grey32(data: bytes) -> np.ndarray | None:
+    """32x32 grey thumbnail as imagehash.phash builds it (convert L, LANCZOS resize); JPEGs
+    are decoded by libjpeg-turbo at reduced scale straight to grey (simplejpeg): the hash
+    only sees 32x32, and PIL's open + full decode cost ~5x pass 1's work per pair."""
+    from PIL import Image
+
+    arr = None
+    if data[:3] == b"\xff\xd8\xff":
+        try:
+            import simplejpeg
+
+            arr = simplejpeg.decode_jpeg(data, colorspace="GRAY", min_height=_N,
+                                         min_width=_N)[:, :, 0]
+        except Exception:  # noqa: BLE001 -- progressive/CMYK/odd JPEGs: PIL below
+            arr = None
+    try:
+        if arr is None:
+            with Image.open(io.BytesIO(data)) as im:
+                im.draft("L", (2 * _N, 2 * _N))
+                g = im.convert("L")
+        else:
+            if arr.shape == (_N, _N):
+                return arr.astype(np.float64)
+            g = Image.fromarray(np.ascontiguousarray(arr), "L")
+        return np.asarray(g.resize((_N, _N), Image.Resampling.LANCZOS), dtype=np.float64)
+    except Exception:  # noqa: BLE001 -- undecodable: no perceptual hash
+        return None
+
+
+def phash_batch(images: list[bytes | None]) -> list[int | None]:
+    """imagehash.phash of many images at once: the thumbnails' 2-D DCT-II as one batched
+    matrix product (the same numbers as imagehash's scipy dct on the same thumbnail, tested
+    bit for bit), bits = low frequencies above their median, row-major, first bit high."""
+    thumbs = [_grey32(b) if b else None for b in images]
+    ok = [i for i, t in enumerate(thumbs) if t is not None]
+    out: list[int | None] = [None] * len(images)
+    if not ok:
+        return out
+    x = np.stack([thumbs[i] for i in ok])
+    low = (_DCT @ x @ _DCT.T)[:, :8, :8].reshape(len(ok), 64)
+    bits = low > np.median(low, axis=1, keepdims=True)
+    for i, row in zip(ok, np.packbits(bits, axis=1), strict=True):
+        out[i] = int.from_bytes(row.tobytes(), "big")
+    return out
 
 
 def hash_table(keys: list[str], images: list[bytes | None], column: str) -> pa.Table:
@@ -85,7 +133,7 @@ def hash_table(keys: list[str], images: list[bytes | None], column: str) -> pa.T
         values = pa.array([hashlib.sha256(b).hexdigest() if b else None for b in images],
                           pa.string())
     else:
-        values = pa.array([phash64(b) if b else None for b in images], pa.uint64())
+        values = pa.array(phash_batch(images), pa.uint64())
     return pa.table({"key": pa.array(keys, pa.string()), column: values})
 
 
@@ -323,7 +371,9 @@ def run(cfg: DictConfig, match_stats: list[dict[str, Any]]) -> dict[str, Any]:
     out = str(c.out)
     ddir = storage.join(out, "dedup")
     names = [shard_name(m["shard"]) for m in match_stats]
-    storage.remove(storage.join(ddir, "removed"), recursive=True)
+    # only under a curation.out a curate run created (docs/operations.md, "Inputs are
+    # read-only")
+    owned.remove_owned(storage.join(ddir, "removed"), "curation.out", owner=out)
     if not s["exact"] and not s["eval"]:
         storage.remove(storage.join(ddir, "state.json"))
         return {}

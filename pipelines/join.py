@@ -99,8 +99,9 @@ def curated_files(balanced_out: str) -> tuple[str, list[str]]:
     if storage.glob(storage.join(balanced_out, "shards", "*.tar")):
         raise ConfigError(f"config curation.balanced_out={balanced_out!r}: holds image shards "
                           "(curated from shards with images) -- nothing to download; train on it")
-    raise FileNotFoundError(f"{balanced_out}: no text-first curation (kept/*.parquet or "
-                            "index/*.parquet); run `worldclip curate` on `worldclip wat` shards")
+    raise ConfigError(f"config curation.balanced_out={balanced_out!r}: no text-first curation "
+                      "(kept/*.parquet or index/*.parquet); run `worldclip curate` on "
+                      "`worldclip wat` shards first")
 
 
 # ============================================================== download-list
@@ -298,7 +299,8 @@ def materialise(cfg: DictConfig) -> dict[str, Any]:
         items.append({"url": f, "status": json.dumps(sub)})
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     ds = ds.map_batches(_join_task, batch_size=1, num_cpus=1,
-                        concurrency=max(1, min(int(c.concurrency), len(items))),
+                        compute=ray.data.TaskPoolStrategy(
+                            size=max(1, min(int(c.concurrency), len(items)))),
                         fn_kwargs={"mode": mode, "fmt": fmt, "out": out, "seed": int(c.seed)})
     stats = [json.loads(r["stats"]) for r in ds.iter_rows()]
     card = joined_datacard(storage.read_json(storage.join(c.balanced_out, "datacard.json")),

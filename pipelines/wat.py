@@ -334,7 +334,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if todo:
         ds = ray.data.from_items([{"url": u} for u in todo], override_num_blocks=len(todo))
         ds = ds.map_batches(_process, batch_size=1, num_cpus=1,
-                            concurrency=min(int(w.concurrency), len(todo)),
+                            compute=ray.data.TaskPoolStrategy(size=min(int(w.concurrency),
+                                                                      len(todo))),
                             fn_kwargs={"out": w.out, "snapshot": w.snapshot})
         for row in ds.iter_rows():
             for e in json.loads(row["stats"])["errors"]:

@@ -241,7 +241,9 @@ def test_wat_to_trained_pairs_accounting_closes(tmp_path, ray_session):
     assert sum(pq.read_metadata(u).num_rows for u in kept_files) == card["kept"]
     lst = join.run_download_list(cfg)
     assert lst["mode"] == "offline" and lst["urls"] == lst["pairs"] == card["kept"] > 0
-    listed = pq.read_table(cfg.download.list_out).to_pylist()
+    # img2dataset --url_list <dir> --input_format parquet reads the folder's *.parquet
+    listed = [r for u in storage.glob(storage.join(cfg.download.list_out, "*.parquet"))
+              for r in pq.read_table(u).to_pylist()]
     assert set(listed[0]) == {"url", "caption", "uid"}
     assert all(r["uid"] == _metaclip_uuid(r["url"]) for r in listed)
     failed = {r["url"] for i, r in enumerate(listed) if i % 7 == 3}

@@ -14,6 +14,7 @@ import json
 import math
 import tarfile
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -273,3 +274,53 @@ def test_wat_to_trained_pairs_accounting_closes(tmp_path, ray_session):
     assert w["written"] == a["kept"] + sum(a["dropped"].values())
     assert result["steps"] == 3 and result["seen_pairs"] == 24 <= a["kept"]
     assert cfg.train.data == cfg.download.joined_out
+
+
+def test_join_online_index_with_img2dataset_parquet_output(tmp_path):
+    """Online: every P > 0 pair is listed; img2dataset's Parquet output format (image in the
+    `jpg` column, failed rows kept with a null image); each failure kind counted."""
+    jpeg = world.encode_jpeg(world.render_image([1, 2, 3], np.random.default_rng(0), 32))
+    keys = [_metaclip_uuid(f"http://e.x/{i}.jpg") for i in range(5)]
+    index = pa.Table.from_pydict({
+        "key": keys, "image": [None] * 5, "url": [f"http://e.x/{i}.jpg" for i in range(5)],
+        "texts": [[f"text {i}"] for i in range(5)], "langs": [["en"]] * 5,
+        "entry_ids": [[[i]] for i in range(5)], "text_probs": [[1.0]] * 5, "meta": ["{}"] * 5,
+    }, schema=curate.INDEX_SCHEMA)
+    bal = tmp_path / "balanced"
+    (bal / "index").mkdir(parents=True)
+    pq.write_table(index, bal / "index" / "s0.parquet")
+    lst = join.build_download_list(str(bal), str(tmp_path / "list"))
+    assert lst["mode"] == "online" and lst["urls"] == 5 and lst["duplicate_urls"] == 0
+    # img2dataset --output_format parquet: 0 ok, 1 failed, 2 ok but no image bytes,
+    # 3 "ok" with bytes that are no image, 4 never attempted (absent from the output)
+    rows = [("success", jpeg), ("failed_to_download", None), ("success", None),
+            ("success", b"<html>")]
+    out = tmp_path / "i2d"
+    out.mkdir()
+    pq.write_table(pa.table({
+        "uid": keys[:4], "caption": ["c"] * 4, "url": [f"http://e.x/{i}.jpg" for i in range(4)],
+        "key": [f"{i:09d}" for i in range(4)], "status": [s for s, _ in rows],
+        "error_message": [None, "HTTP Error 404", None, None],
+        "jpg": pa.array([b for _, b in rows], pa.binary())}), out / "00000.parquet")
+    fmt, status = join.read_download_status(str(out))
+    assert fmt == "parquet" and len(status) == 4
+    stats = join.join_file(str(bal / "index" / "s0.parquet"), "online", status, fmt,
+                           str(tmp_path / "joined"), seed=0)
+    assert stats["downloaded"] == 1 and stats["download_failed"] == 4
+    assert stats["by_status"] == {"failed_to_download": 1, "image_missing": 2,
+                                  "not_in_output": 1}
+    assert stats["kept_epoch0"] == 5 and stats["kept_epoch0_lost"] == 4  # P = 1: all kept
+    joined = pq.read_table(tmp_path / "joined" / "index" / "s0.parquet")
+    assert joined.column("key").to_pylist() == keys[:1]
+    assert joined.column("image").to_pylist() == [jpeg]
+    card = join.joined_datacard(
+        {"accounting": {"pairs_in": 7, "kept": 5, "dropped": {"no_match": 2}}}, [stats],
+        "online", str(out), fmt)
+    assert card["accounting"]["kept"] == 1
+    assert card["accounting"]["dropped"] == {"no_match": 2, "download_failed": 4}
+    assert card["download"]["lost_share"] == 0.8
+    # our key must survive img2dataset: without --save_additional_columns the join refuses
+    pq.write_table(pa.table({"url": ["u"], "key": ["000000000"], "status": ["success"]}),
+                   out / "00000.parquet")
+    with pytest.raises(join.ConfigError, match="save_additional_columns"):
+        join.read_download_status(str(out))

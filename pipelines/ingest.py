@@ -27,13 +27,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from worldclip.pipelines import balancing
-from worldclip.pipelines.limits import (
-    DEFAULT_LIMITS,
-    RECORD_TOO_LARGE,
-    ReadLimits,
-    ShardBudget,
-)
-from worldclip.pipelines.shards import parse_wds
+from worldclip.pipelines.limits import DEFAULT_LIMITS, ReadLimits
+from worldclip.pipelines.shards import ShardResult, bounded_row_groups, open_parquet, parse_wds
 from worldclip.pipelines.transforms import BadImage, train_transform
 from worldclip.platform import storage
 from worldclip.platform.accounting import INGEST_DROP_REASONS
@@ -111,21 +106,21 @@ def _online_rows(data: bytes, url: str, limits: ReadLimits) -> list[dict[str, An
     """An online index file: small columns whole, images row group by row group within the
     shard budget; over-limit rows keep their sampling columns (the epoch's keep-coin must see
     every row) and get a `drop` reason."""
-    pf = pq.ParquetFile(io.BytesIO(data))
-    rows = pf.read(columns=["key", "texts", "entry_ids", "text_probs"]).to_pylist()
-    budget = ShardBudget(limits)
-    start = 0
-    for i in range(pf.metadata.num_row_groups):
-        rg = pf.metadata.row_group(i)
-        over = budget.take(rg.total_byte_size, record=rg.num_rows == 1)
-        images = [None] * rg.num_rows if over else \
-            pf.read_row_group(i, columns=["image"]).column("image").to_pylist()
-        for j, img in enumerate(images):
-            r = rows[start + j]
-            big = img is not None and len(img) > limits.max_record_bytes
-            r["drop"] = over or (RECORD_TOO_LARGE if big else "")
-            r["image"] = None if r["drop"] else img
-        start += rg.num_rows
+    # the sampling columns are small (curation wrote them); only images need the budget
+    rows = pq.ParquetFile(io.BytesIO(data)).read(
+        columns=["key", "texts", "entry_ids", "text_probs"]).to_pylist()
+    pf = open_parquet(data)
+    for r in rows:
+        r["image"], r["drop"] = None, ""
+    refused: dict[int, str] = {}
+    res = ShardResult()
+    for idx, table in bounded_row_groups(pf, url, res, limits, refused):
+        for i, img in zip(idx.tolist(), table.column("image").to_pylist(), strict=True):
+            rows[i]["image"] = img
+    for i, why in refused.items():
+        rows[i]["drop"] = why if why in INGEST_DROP_REASONS else "corrupt_record"
+    for e in res.errors:
+        log.warning("ingest: %s", e)
     return rows
 
 
@@ -208,6 +203,8 @@ def preprocess(batch: dict[str, np.ndarray], tokenizer_dir: str, image_size: int
     seeds = (balancing.uniform(seed, epoch, hashes, 13) * 2**63).astype(np.int64)
     for i in range(n):
         why = str(reasons[i]) if reasons is not None and reasons[i] else ""
+        if not why and batch["image"][i] is None:
+            why = "corrupt_record"
         if not why:
             try:
                 rng = np.random.default_rng(int(seeds[i]))

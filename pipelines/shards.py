@@ -316,84 +316,129 @@ def _image_bytes(value: Any) -> bytes | None:
 
 def _binary_lengths(arr: pa.Array, rows: int, parents: np.ndarray | None = None
                     ) -> np.ndarray:
-    """Bytes per row of binary/string data in arr (structs and lists walked); fixed-width
-    values are ignored (they cannot be large)."""
+    """Decoded bytes per row of binary/string data in arr (structs, lists and dictionary
+    arrays walked: a dictionary value counts once per row that references it, as it would
+    once expanded); fixed-width values are ignored (they cannot be large)."""
     out = np.zeros(rows, np.int64)
     t = arr.type
-    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_string(t) \
+    at = parents if parents is not None else np.arange(len(arr))
+    if pa.types.is_dictionary(t):
+        dict_lens = _binary_lengths(arr.dictionary, len(arr.dictionary))
+        idx = arr.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        lens = dict_lens[idx] * arr.is_valid().to_numpy(zero_copy_only=False)
+        np.add.at(out, at, lens)
+    elif pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_string(t) \
             or pa.types.is_large_string(t):
-        lens = pc.binary_length(arr).fill_null(0).to_numpy(zero_copy_only=False)
-        np.add.at(out, parents if parents is not None else np.arange(len(arr)), lens)
+        np.add.at(out, at, pc.binary_length(arr).fill_null(0).to_numpy(zero_copy_only=False))
     elif pa.types.is_struct(t):
         for i in range(t.num_fields):
             out += _binary_lengths(pc.struct_field(arr, [i]), rows, parents)
     elif pa.types.is_list(t) or pa.types.is_large_list(t):
         idx = pc.list_parent_indices(arr).to_numpy(zero_copy_only=False)
-        out += _binary_lengths(pc.list_flatten(arr), rows,
-                               idx if parents is None else parents[idx])
+        out += _binary_lengths(pc.list_flatten(arr), rows, at[idx])
     return out
 
 
 def row_bytes(table: pa.Table) -> np.ndarray:
-    """Decompressed bytes of each row's cells (pipelines/limits.py, per-record limit)."""
+    """Decoded bytes of each row's cells (pipelines/limits.py, per-record limit)."""
     out = np.zeros(table.num_rows, np.int64)
     for col in table.columns:
         out += _binary_lengths(col.combine_chunks(), table.num_rows)
     return out
 
 
-def _row_groups(pf: pq.ParquetFile, shard: str, res: ShardResult, limits: ReadLimits
-                ) -> Iterator[tuple[int, pa.Table]]:
-    """(index of its first row, table) of each row group the shard budget allows, read one
-    at a time. The decision comes from the footer's uncompressed sizes, before a row group is
-    materialised; the rows of a refused one are counted (a single-row group over
-    max_record_bytes is record_too_large, anything else past the budget shard_too_large)."""
+def open_parquet(data: bytes | Any) -> pq.ParquetFile:
+    """A Parquet file (bytes or a seekable binary file) whose binary/string columns read as
+    dictionary arrays: repeated values (a 1 MB value in every row of a dictionary-encoded
+    column) stay one copy until a row is materialised, so a row group's decoded size can be
+    measured before anything is expanded."""
+    src = io.BytesIO(data) if isinstance(data, bytes | bytearray | memoryview) else data
+    pf = pq.ParquetFile(src)
+    paths = [c.path for c in pf.schema if c.physical_type == "BYTE_ARRAY"]
+    if not paths:
+        return pf
+    src.seek(0)
+    return pq.ParquetFile(src, read_dictionary=paths)
+
+
+def bounded_row_groups(pf: pq.ParquetFile, shard: str, res: ShardResult, limits: ReadLimits,
+                       refused: dict[int, str] | None = None
+                       ) -> Iterator[tuple[np.ndarray, pa.Table]]:
+    """(row indices in the file, table of those rows) per row group, within the limits.
+
+    A row group is skipped unread when the footer already says it cannot fit: a single row
+    over max_record_bytes (record_too_large), or an encoded size past what is left of
+    max_shard_bytes (shard_too_large). A row group that is read (dictionary-preserving, see
+    open_parquet) is then measured row by row on decoded bytes: rows over max_record_bytes
+    are record_too_large, rows past the shard budget shard_too_large. Every refused row is
+    counted in res.drops (and, with `refused`, recorded as row index -> reason); the rows
+    yielded together stay within the budget."""
+    refused = {} if refused is None else refused
     budget = ShardBudget(limits)
     md = pf.metadata
     start = 0
     for i in range(md.num_row_groups):
         rg = md.row_group(i)
-        n = rg.num_rows
-        over = budget.take(rg.total_byte_size, record=n == 1)
-        if over:
-            if not res.drops.get(over):
-                key = "max_record_bytes" if over == RECORD_TOO_LARGE else "max_shard_bytes"
-                res.errors.append(f"{shard}: row group {i} ({n} rows) holds "
-                                  f"{rg.total_byte_size} bytes uncompressed, over "
-                                  f"curation.{key}={getattr(limits, key)}; counted {over}, "
-                                  "not read")
-            res.drops[over] += n
-        else:
-            try:
-                yield start, pf.read_row_group(i)
-            except (pa.ArrowException, OSError, ValueError) as e:
-                res.errors.append(f"{shard}: row group {i} unreadable ({e}); its {n} rows "
-                                  "counted corrupt_record, rewrite the file")
-                res.drops["corrupt_record"] += n
+        n, size = rg.num_rows, rg.total_byte_size
+        rows = np.arange(start, start + n)
         start += n
+        if n == 1 and size > limits.max_record_bytes:
+            _refuse(res, shard, RECORD_TOO_LARGE, n, limits, f"row group {i} (1 row)", size)
+            refused.update(dict.fromkeys(rows.tolist(), RECORD_TOO_LARGE))
+            continue
+        if budget.exhausted or budget.used + size > limits.max_shard_bytes:
+            budget.exhausted = True
+            _refuse(res, shard, SHARD_TOO_LARGE, n, limits, f"row group {i} ({n} rows)", size)
+            refused.update(dict.fromkeys(rows.tolist(), SHARD_TOO_LARGE))
+            continue
+        try:
+            table = pf.read_row_group(i)
+        except (pa.ArrowException, OSError, ValueError) as e:
+            res.errors.append(f"{shard}: row group {i} unreadable ({e}); its {n} rows "
+                              "counted corrupt_record, rewrite the file")
+            res.drops["corrupt_record"] += n
+            refused.update(dict.fromkeys(rows.tolist(), "corrupt_record"))
+            continue
+        ok = []
+        for j, b in enumerate(row_bytes(table).tolist()):
+            over = budget.take(b)
+            if over:
+                _refuse(res, shard, over, 1, limits, f"row {start - n + j}", b, read=True)
+                refused[start - n + j] = over
+            else:
+                ok.append(j)
+        if len(ok) < n:
+            table = table.take(pa.array(ok, pa.int64()))
+        yield rows[ok], table
 
 
-def _open_parquet(data: bytes | Any) -> pq.ParquetFile:
-    return pq.ParquetFile(io.BytesIO(data) if isinstance(data, bytes | bytearray | memoryview)
-                          else data)
+def _refuse(res: ShardResult, shard: str, why: str, n: int, limits: ReadLimits, what: str,
+            size: int, read: bool = False) -> None:
+    """Count n pairs under why; the first refusal of each reason is reported."""
+    if not res.drops.get(why):
+        key = "max_record_bytes" if why == RECORD_TOO_LARGE else "max_shard_bytes"
+        res.errors.append(f"{shard}: {what} holds {size} bytes (uncompressed), over "
+                          f"curation.{key}={getattr(limits, key)}; counted {why}, "
+                          + ("dropped after the row group was read" if read else "not read"))
+    res.drops[why] += n
 
 
 def parse_parquet(data: bytes | Any, shard: str, limits: ReadLimits = DEFAULT_LIMITS
                   ) -> ShardResult:
     """A Parquet shard (bytes or a seekable binary file): columns key (optional), an image
     column (parquet_image_column), text columns txt and TEXT_FIELDS; img2dataset's failed rows
-    (status) count download_failed. Read row group by row group within the limits (rows over
-    max_record_bytes are record_too_large, row groups past max_shard_bytes shard_too_large)."""
+    (status) count download_failed. Read row group by row group within the limits
+    (bounded_row_groups)."""
     res = ShardResult()
     try:
-        pf = _open_parquet(data)
+        pf = open_parquet(data)
         cols = set(pf.schema_arrow.names)
         num_rows = pf.metadata.num_rows
     except (pa.ArrowException, OSError, ValueError) as e:
         res.errors.append(f"{shard}: unreadable Parquet ({e}); the file is skipped, rewrite it")
         return res
     if is_text_only(cols):  # text-first curation: `worldclip wat` shards (docs/curation.md)
-        parts = [t for _, t in _row_groups(pf, shard, res, limits)]
+        parts = [t for _, t in bounded_row_groups(pf, shard, res, limits)]
         out = parse_text_only(pa.concat_tables(parts) if parts else
                               pf.schema_arrow.empty_table(), shard)
         out.drops.update(res.drops)
@@ -414,22 +459,12 @@ def parse_parquet(data: bytes | Any, shard: str, limits: ReadLimits = DEFAULT_LI
             f"(txt/{'/'.join(TEXT_FIELDS)}); its pairs count no_text (img2dataset without "
             "--caption_col?)")
     prefix = shard_name(shard).replace(".", "_")  # no dots: WebDataset splits keys at the first
-    for start, table in _row_groups(pf, shard, res, limits):
-        sizes = row_bytes(table)
-        ok = np.flatnonzero(sizes <= limits.max_record_bytes)
-        if len(ok) < table.num_rows:
-            big = int((sizes > limits.max_record_bytes).sum())
-            res.errors.append(f"{shard}: {big} rows over curation.max_record_bytes="
-                              f"{limits.max_record_bytes} (largest {int(sizes.max())} bytes); "
-                              "counted record_too_large")
-            res.drops[RECORD_TOO_LARGE] += big
-            table = table.take(pa.array(ok))
-        for j, row in zip(ok.tolist(), table.to_pylist(), strict=True):
-            _parquet_pair(res, row, start + j, prefix, image_col)
+    for rows, table in bounded_row_groups(pf, shard, res, limits):
+        for i, row in zip(rows.tolist(), table.to_pylist(), strict=True):
+            _parquet_pair(res, row, i, prefix, image_col)
         del table
     _report_keys(res, shard)
     return res
-
 
 def _parquet_pair(res: ShardResult, row: dict[str, Any], i: int, prefix: str,
                   image_col: str) -> None:

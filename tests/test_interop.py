@@ -264,6 +264,18 @@ def test_curated_members_real_extension_txt_json_and_split(tmp_path: Path) -> No
     assert wds.image_ext(b"not an image") is None
 
 
+def test_no_usable_pair_or_every_shard_failed_is_an_error() -> None:
+    broken = [{"pairs_in": 0, "drops": {}, "errors": [f"s{i}.tar: corrupt or truncated tar"]}
+              for i in range(2)]
+    with pytest.raises(ConfigError, match="every one of the 2 shards failed; first error: s0"):
+        curate.require_usable("in/*", broken)
+    failed = [{"pairs_in": 3, "drops": {"download_failed": 2, "no_text": 1}, "errors": []}]
+    with pytest.raises(ConfigError, match="none of the 3 pairs .*download_failed 2, no_text 1"):
+        curate.require_usable("in/*", failed)
+    curate.require_usable("in/*", [*failed, {"pairs_in": 1, "drops": {"no_match": 1},
+                                             "errors": []}])  # one usable pair: a valid run
+
+
 def test_keep_nothing_warns_loudly(caplog) -> None:
     card = {"accounting": {"pairs_in": 4, "kept": 0, "dropped": {"no_match": 4}},
             "balancing": {"t_en": 1.0, "p": 0.06, "t_lang": {}}, "wall_s": 1.0}

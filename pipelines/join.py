@@ -171,8 +171,11 @@ def read_download_status(images: str) -> tuple[str, dict[str, tuple[str, str, st
                           "--output_format webdataset or parquet")
     out: dict[str, tuple[str, str, str]] = {}
     for m in metas:
-        t = pq.read_table(io.BytesIO(storage.read_bytes(m)))
-        if KEY_COL not in t.column_names:
+        with storage.filesystem(m).open(storage.strip_scheme(m), "rb") as f:
+            pf = pq.ParquetFile(f)  # three narrow columns, never the image column
+            names = pf.schema_arrow.names
+            t = pf.read(columns=[KEY_COL, "key", "status"]) if KEY_COL in names else None
+        if t is None:
             raise ConfigError(f"config download.images={images!r}: {m} has no {KEY_COL!r} "
                               f"column; run img2dataset with --save_additional_columns "
                               f"'[\"{KEY_COL}\"]' so our keys survive")
@@ -253,8 +256,9 @@ def join_file(url: str, mode: str, status: dict[str, tuple[str, str, str]], fmt:
             meta.update(key=r["key"], url=r["url"], text=r["text"], texts=r["texts"],
                         lang=r["lang"], entry_ids=r["entry_ids"], prob=r["prob"])
             rows.append((r["key"], img, meta))
-        curate.write_wds(rows, storage.join(out, "shards", f"{name}.tar"))
-        stats["kept"] = len(rows)  # what the training stream's row counts read
+        # tar name -> pairs: what the training stream's per-file row counts read
+        stats["files"] = curate.write_wds(rows, storage.join(out, "shards", f"{name}.tar"))
+        stats["kept"] = len(rows)
     else:
         # pairs the training stream would have kept at epoch 0 but cannot (no image)
         _, keep0 = balancing.sample_pairs(keys, table.column("entry_ids").to_pylist(),

@@ -62,11 +62,12 @@ def ensure_matches(cfg: DictConfig) -> bool:
 
 
 def matched_captions(match_dir: str, limit: int = 200_000) -> Iterator[str]:
-    """Captions of every matched pair (all languages, before any threshold)."""
+    """Captions of every matched pair (all languages, before any threshold): the match
+    table <shard>.parquet of each finished shard (its <shard>.stats.json, written last), not
+    the other tables beside it (counts, dedup hashes)."""
     n = 0
-    for u in storage.glob(storage.join(match_dir, "*.parquet")):
-        if u.endswith(".counts.parquet"):
-            continue
+    for done in storage.glob(storage.join(match_dir, "*.stats.json")):
+        u = done[: -len(".stats.json")] + ".parquet"
         t = pq.read_table(io.BytesIO(storage.read_bytes(u)), columns=["texts"])
         for texts in t.column("texts").to_pylist():
             for s in texts:

@@ -82,13 +82,14 @@ class MatchSettings:
     kana_hangul_nospace: bool = False
     merged: bool = False
     limits: ReadLimits = DEFAULT_LIMITS  # decompressed-bytes budgets (pipelines/limits.py)
+    hash_columns: tuple[str, ...] = ()  # sha256 / phash of matched images (pipelines/dedup.py)
 
     @classmethod
     def from_config(cls, c: DictConfig) -> MatchSettings:
         return cls(metadata=c.metadata, lid_backend=c.lid_backend,
                    language_map=dict(c.language_map or {}),
                    kana_hangul_nospace=c.kana_hangul_nospace, merged=c.merged_metadata,
-                   limits=ReadLimits.from_config(c))
+                   limits=ReadLimits.from_config(c), hash_columns=dedup.hash_columns(c))
 
 
 class ShardMatcher:
@@ -106,8 +107,10 @@ class ShardMatcher:
 
     def match_parsed(self, parsed: ShardResult, shard: str
                      ) -> tuple[pa.Table, pa.Table, dict[str, Any]]:
-        """match_shard on an already parsed shard (files folders are read, not bytes)."""
+        """match_shard on an already parsed shard (files folders are read, not bytes).
+        Consumes parsed.records: their bytes move into the match table."""
         drops = Counter(parsed.drops)
+        pairs_in = parsed.pairs_in
         texts_flat = [t for r in parsed.records for t in r["texts"]]
         groups_flat = self.lmap.groups(lid.identify(texts_flat, self.s.lid_backend))
         lang_pairs_in: Counter = Counter()
@@ -144,6 +147,10 @@ class ShardMatcher:
                 rows["entry_ids"].append(ids_per_text)
                 rows["meta"].append(rec["meta"])
         matched = pa.Table.from_pydict(rows, schema=MATCH_SCHEMA)
+        # the images now live in the Arrow table: free the Python copies before the caller
+        # serialises it (a worker peaks near 2x, not 3x, the shard's bytes; docs/operations.md)
+        rows.clear()
+        parsed.records.clear()
         c_lang, c_id, c_n = [], [], []
         for g, cnt in sorted(counts.items()):
             ids = sorted(cnt)
@@ -153,7 +160,7 @@ class ShardMatcher:
         count_table = pa.table({"lang": pa.array(c_lang, pa.string()),
                                 "entry_id": pa.array(c_id, pa.int32()),
                                 "count": pa.array(c_n, pa.uint64())})
-        stats = {"shard": shard, "pairs_in": parsed.pairs_in, "matched": matched.num_rows,
+        stats = {"shard": shard, "pairs_in": pairs_in, "matched": matched.num_rows,
                  "drops": dict(drops), "errors": parsed.errors,
                  "lang_pairs_in": dict(lang_pairs_in), "lang_texts": dict(lang_texts)}
         assert stats["pairs_in"] == matched.num_rows + sum(drops.values())
@@ -192,6 +199,7 @@ class MatchActor:
             base = storage.join(self.out, "matches", name)
             storage.write_bytes(base + ".parquet", _parquet_bytes(matched))
             storage.write_bytes(base + ".counts.parquet", _parquet_bytes(counts))
+            dedup.write_hash_columns(base, matched, self.matcher.s.hash_columns)
             storage.write_json(base + ".stats.json", stats)  # last: marks the shard done
             out.append(json.dumps(stats))
         return {"stats": out}

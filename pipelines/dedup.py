@@ -7,15 +7,16 @@ BEFORE counting: counts are over distinct images and the eval table is honest by
 
 Steps (each distributed and resumable like pass 1):
 
-  hash       Ray Data actor pool, one row = one shard: reads <out>/matches/<shard>.parquet
-             (key, image) and writes the match index's hash columns beside it:
+  hash       in pass 1 (curate.MatchActor -> write_hash_columns), from the image bytes
+             already in memory: the match index's hash columns beside each match file,
              <shard>.sha256.parquet (key, sha256 of the image bytes) and, when eval sets are
-             configured, <shard>.phash.parquet (key, 64-bit DCT perceptual hash, imagehash).
-             Each once per shard, ever; a shard with the file is skipped.
-             When eval sets are configured, the same actor compares the shard's phashes with
-             the eval phashes and writes <out>/dedup/eval/<digest>/<shard>.parquet (hits);
+             listed, <shard>.phash.parquet (key, 64-bit DCT perceptual hash, imagehash's
+             phash). Once per shard, ever. Shards matched before (no such file) are hashed
+             by a Ray Data actor pool here (HashActor), reading their match file once.
+  compare    Ray tasks over chunks of shards: phash column vs every eval hash (Hamming <=
+             curation.decontaminate_hamming) -> <out>/dedup/eval/<digest>/<shard>.parquet;
              <digest> names the eval sets + distance, so a new list re-compares from the stored
-             phashes without decoding the pool again.
+             phashes without decoding the pool again; a shard with its file is skipped.
   resolve    exact duplicates, GLOBALLY: Ray tasks read the sha256 column of chunks of shards
              and hash-partition it; one reduce task per partition sorts (sha256, shard, key)
              and marks every row after the first of its group `duplicate_image` (keep = the
@@ -40,6 +41,7 @@ import io
 import json
 import logging
 import posixpath
+import time
 from collections import Counter, defaultdict
 from typing import Any
 
@@ -118,8 +120,13 @@ def phash_batch(images: list[bytes | None]) -> list[int | None]:
     out: list[int | None] = [None] * len(images)
     if not ok:
         return out
-    x = np.stack([thumbs[i] for i in ok])
-    low = (_DCT @ x @ _DCT.T)[:, :8, :8].reshape(len(ok), 64)
+    x = np.stack([thumbs[i] for i in ok])  # [n, 32 (m), 32 (j)]
+    # low[k, l] = sum_mj C[k, m] x[m, j] C[l, j] for k, l < 8, as two plain 2-D BLAS
+    # products (numpy's stacked matmul with a transposed operand loops in C, ~100x slower)
+    c8 = np.ascontiguousarray(_DCT[:8])
+    a = (x.reshape(-1, _N) @ c8.T).reshape(len(ok), _N, 8)  # [n, m, l]
+    b = (np.ascontiguousarray(a.transpose(0, 2, 1)).reshape(-1, _N) @ c8.T)  # [n*l, k]
+    low = b.reshape(len(ok), 8, 8).transpose(0, 2, 1).reshape(len(ok), 64)
     bits = low > np.median(low, axis=1, keepdims=True)
     for i, row in zip(ok, np.packbits(bits, axis=1), strict=True):
         out[i] = int.from_bytes(row.tobytes(), "big")
@@ -257,50 +264,58 @@ def eval_hashes(specs: list[dict[str, Any]], cache_dir: str
 # ============================================================== Ray wiring
 
 class HashActor:
-    """Ray Data actor: one row = one shard name. Writes the shard's hash columns once each
-    (resumable: <shard>.sha256.parquet / <shard>.phash.parquet mark them) and compares the
-    phashes with the eval hashes."""
+    """Ray Data actor: one row = one shard name whose hash columns are missing (a shard
+    matched before dedup was on, or before eval sets were listed): reads its match file once
+    and writes the missing <shard>.<column>.parquet files (resumable: the files mark it)."""
 
-    def __init__(self, out: str, exact: bool, evals_ref: Any, max_distance: int,
-                 hits_dir: str) -> None:
-        import ray
-
+    def __init__(self, out: str, columns: tuple[str, ...]) -> None:
         self.out = out
-        self.exact = exact
-        self.evals = ray.get(evals_ref) if isinstance(evals_ref, ray.ObjectRef) else evals_ref
-        self.max_distance = max_distance
-        self.hits_dir = hits_dir
+        self.columns = columns
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        return {"shard": [self.process(str(n)) for n in batch["shard"]]}
+        for n in batch["shard"]:
+            name = str(n)
+            missing = tuple(c for c in self.columns
+                            if not storage.exists(hash_url(self.out, name, c)))
+            if missing:
+                m = _read(storage.join(self.out, "matches", f"{name}.parquet"), ["key", "image"])
+                write_hash_columns(storage.join(self.out, "matches", name), m, missing)
+        return {"shard": list(batch["shard"])}
 
-    def _column(self, name: str, column: str) -> pa.Table:
-        url = hash_url(self.out, name, column)
-        if storage.exists(url):
-            return _read(url)
-        m = _read(storage.join(self.out, "matches", f"{name}.parquet"), ["key", "image"])
-        t = hash_table(m.column("key").to_pylist(), m.column("image").to_pylist(), column)
-        storage.write_bytes(url, _parquet_bytes(t))
-        return t
 
-    def process(self, name: str) -> str:
-        if self.exact:
-            self._column(name, "sha256")
-        if self.hits_dir:
-            ph = self._column(name, "phash")
-            valid = ph.filter(pc.is_valid(ph.column("phash")))
-            rows, near, dist = hamming_matches(valid.column("phash").to_numpy(),
-                                               self.evals["phash"], self.max_distance)
-            keys = valid.column("key").to_pylist()
-            hits = pa.table({"key": pa.array([keys[i] for i in rows], pa.string()),
-                             "eval_set": pa.array([self.evals["eval_set"][j] for j in near],
-                                                  pa.string()),
-                             "eval_key": pa.array([self.evals["key"][j] for j in near],
-                                                  pa.string()),
-                             "distance": pa.array(dist, pa.int32())}, schema=HIT_SCHEMA)
-            storage.write_bytes(storage.join(self.hits_dir, f"{name}.parquet"),
-                                _parquet_bytes(hits))
-        return name
+def _compare_task(out: str, names: list[str], evals: dict[str, Any], max_distance: int,
+                  hits_dir: str) -> None:
+    """Ray task: the phash column of some shards against every eval hash -> hit files."""
+    for name in names:
+        ph = _read(hash_url(out, name, "phash"))
+        valid = ph.filter(pc.is_valid(ph.column("phash")))
+        rows, near, dist = hamming_matches(valid.column("phash").to_numpy(), evals["phash"],
+                                           max_distance)
+        keys = valid.column("key").to_pylist()
+        hits = pa.table({"key": pa.array([keys[i] for i in rows], pa.string()),
+                         "eval_set": pa.array([evals["eval_set"][j] for j in near],
+                                              pa.string()),
+                         "eval_key": pa.array([evals["key"][j] for j in near], pa.string()),
+                         "distance": pa.array(dist, pa.int32())}, schema=HIT_SCHEMA)
+        storage.write_bytes(storage.join(hits_dir, f"{name}.parquet"), _parquet_bytes(hits))
+
+
+def hash_columns(c: DictConfig) -> tuple[str, ...]:
+    """The hash columns pass 1 writes beside each match file, from curation config."""
+    return (("sha256",) if c.get("dedup") else ()) + \
+        (("phash",) if c.get("decontaminate") else ())
+
+
+def write_hash_columns(base: str, matched: pa.Table, columns: tuple[str, ...]) -> None:
+    """Pass 1 hook (MatchActor): <base>.<column>.parquet for each column, from the image
+    bytes already in memory -- no second read of the shard, no second actor pool."""
+    if not columns:
+        return
+    keys = matched.column("key").to_pylist()
+    images = matched.column("image").to_pylist()
+    for column in columns:
+        storage.write_bytes(f"{base}.{column}.parquet",
+                            _parquet_bytes(hash_table(keys, images, column)))
 
 
 def hash_url(out: str, name: str, column: str) -> str:
@@ -329,12 +344,15 @@ def _reduce_sha(*tables: pa.Table) -> pa.Table:
     return exact_duplicates(pa.concat_tables(tables))
 
 
-def _subtract_task(out: str, name: str, removed: pa.Table) -> None:
-    m = _read(storage.join(out, "matches", f"{name}.parquet"), ["key", "langs", "entry_ids"])
-    counts = removed_counts(m, set(removed.column("key").to_pylist()))
-    base = storage.join(out, "dedup", "removed", name)
-    storage.write_bytes(base + ".counts.parquet", _parquet_bytes(counts))
-    storage.write_bytes(base + ".parquet", _parquet_bytes(removed))  # last: done
+def _subtract_task(out: str, items: list[tuple[str, pa.Table]]) -> None:
+    """Ray task: for some shards, the counts their removed rows had added (see module doc)."""
+    for name, removed in items:
+        m = _read(storage.join(out, "matches", f"{name}.parquet"),
+                  ["key", "langs", "entry_ids"])
+        counts = removed_counts(m, set(removed.column("key").to_pylist()))
+        base = storage.join(out, "dedup", "removed", name)
+        storage.write_bytes(base + ".counts.parquet", _parquet_bytes(counts))
+        storage.write_bytes(base + ".parquet", _parquet_bytes(removed))
 
 
 def resolve_exact(out: str, names: list[str], parts: int, shards_per_task: int = 32
@@ -345,8 +363,8 @@ def resolve_exact(out: str, names: list[str], parts: int, shards_per_task: int =
 
     urls = [(n, hash_url(out, n, "sha256")) for n in names]
     chunks = [urls[i: i + shards_per_task] for i in range(0, len(urls), shards_per_task)]
-    mapper = ray.remote(num_cpus=0.5, num_returns=parts)(_partition_sha)
-    reducer = ray.remote(num_cpus=0.5)(_reduce_sha)
+    mapper = ray.remote(num_cpus=1, num_returns=parts)(_partition_sha)
+    reducer = ray.remote(num_cpus=1)(_reduce_sha)
     mapped = [mapper.remote(ch, parts) for ch in chunks]
     if parts == 1:
         mapped = [[m] for m in mapped]
@@ -366,6 +384,7 @@ def run(cfg: DictConfig, match_stats: list[dict[str, Any]]) -> dict[str, Any]:
     curation.dedup is false and curation.decontaminate is empty."""
     import ray
 
+    started = time.perf_counter()
     c = cfg.curation
     s = settings(cfg)
     out = str(c.out)
@@ -381,24 +400,32 @@ def run(cfg: DictConfig, match_stats: list[dict[str, Any]]) -> dict[str, Any]:
     digest = hashlib.sha256(json.dumps({"eval": s["eval"], "d": s["max_distance"]},
                                        sort_keys=True).encode()).hexdigest()[:16]
     hits_dir = storage.join(ddir, "eval", digest) if s["eval"] else ""
-    done_h = {posixpath.basename(u)[: -len(".sha256.parquet")]
-              for u in storage.glob(storage.join(out, "matches", "*.sha256.parquet"))}
-    done_e = {posixpath.basename(u)[: -len(".parquet")]
-              for u in storage.glob(storage.join(hits_dir, "*.parquet"))} if hits_dir else set()
-    todo = [n for n in names if (s["exact"] and n not in done_h)
-            or (hits_dir and n not in done_e)]
-    log.info("dedup/decontamination: %d shards to hash or compare, %d eval images", len(todo),
-             evals.num_rows)
-    if todo:
-        ev = {"key": evals.column("key").to_pylist(),
-              "eval_set": evals.column("eval_set").to_pylist(),
-              "phash": evals.column("phash").to_numpy()}
-        ds = ray.data.from_items([{"shard": n} for n in todo], override_num_blocks=len(todo))
-        ds = ds.map_batches(HashActor, fn_constructor_args=(
-            out, s["exact"], ray.put(ev), s["max_distance"], hits_dir), batch_size=1, num_cpus=1,
-            compute=ray.data.ActorPoolStrategy(size=min(int(c.concurrency), len(todo))))
+    columns = hash_columns(c)
+    have = {col: {posixpath.basename(u)[: -len(f".{col}.parquet")] for u in storage.glob(
+        storage.join(out, "matches", f"*.{col}.parquet"))} for col in columns}
+    to_hash = [n for n in names if any(n not in have[col] for col in columns)]
+    if to_hash:  # normally none: pass 1 writes the hash columns (write_hash_columns)
+        log.info("dedup: hashing %d shards matched without hash columns", len(to_hash))
+        ds = ray.data.from_items([{"shard": n} for n in to_hash],
+                                 override_num_blocks=len(to_hash))
+        ds = ds.map_batches(HashActor, fn_constructor_args=(out, columns), batch_size=1,
+                            num_cpus=1, compute=ray.data.ActorPoolStrategy(
+                                size=min(int(c.concurrency), len(to_hash))))
         for _ in ds.iter_rows():
             pass
+    if hits_dir:
+        done = {posixpath.basename(u)[: -len(".parquet")]
+                for u in storage.glob(storage.join(hits_dir, "*.parquet"))}
+        todo = [n for n in names if n not in done]
+        log.info("decontamination: %d shards to compare with %d eval images", len(todo),
+                 evals.num_rows)
+        ev = ray.put({"key": evals.column("key").to_pylist(),
+                      "eval_set": evals.column("eval_set").to_pylist(),
+                      "phash": evals.column("phash").to_numpy()})
+        task = ray.remote(num_cpus=1)(_compare_task)
+        step = max(1, -(-len(todo) // (2 * int(c.concurrency))))
+        ray.get([task.remote(out, todo[i: i + step], ev, s["max_distance"], hits_dir)
+                 for i in range(0, len(todo), step)])
     removed: dict[str, dict[str, tuple[str, str]]] = defaultdict(dict)
     by_set: Counter = Counter()
     examples: list[dict[str, Any]] = []
@@ -421,15 +448,16 @@ def run(cfg: DictConfig, match_stats: list[dict[str, Any]]) -> dict[str, Any]:
             if k not in removed[n]:
                 removed[n][k] = ("duplicate_image", o)
                 n_dup += 1
-    task = ray.remote(num_cpus=0.5)(_subtract_task)
-    refs = []
+    items = []
     for n, rows in removed.items():
         if rows:
             keys = sorted(rows)
-            t = pa.table({"key": keys, "reason": [rows[k][0] for k in keys],
-                          "detail": [rows[k][1] for k in keys]}, schema=REMOVED_SCHEMA)
-            refs.append(task.remote(out, n, t))
-    ray.get(refs)
+            items.append((n, pa.table({"key": keys, "reason": [rows[k][0] for k in keys],
+                                       "detail": [rows[k][1] for k in keys]},
+                                      schema=REMOVED_SCHEMA)))
+    task = ray.remote(num_cpus=1)(_subtract_task)
+    step = max(1, -(-len(items) // (2 * int(c.concurrency))))
+    ray.get([task.remote(out, items[i: i + step]) for i in range(0, len(items), step)])
     state_digest = hashlib.sha256(json.dumps(
         {n: sorted(r.items()) for n, r in sorted(removed.items())}).encode()).hexdigest()[:16]
     summary = {"exact": s["exact"], "duplicate_image": n_dup,
@@ -442,8 +470,8 @@ def run(cfg: DictConfig, match_stats: list[dict[str, Any]]) -> dict[str, Any]:
         storage.write_bytes(storage.join(ddir, "eval_duplicates.png"),
                             thumbnail_grid(out, examples, samples))
     storage.write_json(storage.join(ddir, "state.json"), summary)
-    log.info("dedup: %d duplicate images, %d eval duplicates %s", n_dup,
-             summary["eval_duplicate"], dict(by_set))
+    log.info("dedup: %d duplicate images, %d eval duplicates %s (%.1fs)", n_dup,
+             summary["eval_duplicate"], dict(by_set), time.perf_counter() - started)
     return summary
 
 

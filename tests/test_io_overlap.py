@@ -228,3 +228,30 @@ def test_world_never_deletes_tars_from_a_folder_it_did_not_create(tmp_path: Path
                          "world.formats=[wds]", "world.concepts=20"])
     world.generate_world(small.world)
     assert [p.name for p in (own / "raw" / "wds").glob("*.tar")] == ["shard-00000.tar"]
+
+
+@pytest.mark.slow
+def test_rebalance_replaces_only_a_sample_it_created(small_world, tmp_path: Path) -> None:
+    """New thresholds into the same balanced_out: a folder a run created is replaced; one
+    with someone else's files (and a stale thresholds.json) is refused, untouched."""
+    from conftest import make_config
+
+    from worldclip.pipelines import curate
+
+    mine = tmp_path / "mine"
+    first = curate.run_rebalance(make_config(small_world["root"], "curation.p=0.3",
+                                             f"curation.balanced_out={mine}"))
+    assert (mine / owned.MARKER).exists()
+    second = curate.run_rebalance(make_config(small_world["root"], "curation.p=0.02",
+                                              f"curation.balanced_out={mine}"))
+    assert second["kept"] < first["kept"]
+    assert len(list((mine / "stats").glob("*.json"))) == 4  # replaced, not mixed
+
+    foreign = tmp_path / "foreign"
+    (foreign / "shards").mkdir(parents=True)
+    (foreign / "shards" / "precious.tar").write_bytes(b"raw data")
+    (foreign / "thresholds.json").write_text('{"t_lang": {}}')
+    with pytest.raises(ConfigError, match="curation.balanced_out.*not created by worldclip"):
+        curate.run_rebalance(make_config(small_world["root"], "curation.p=0.3",
+                                         f"curation.balanced_out={foreign}"))
+    assert (foreign / "shards" / "precious.tar").read_bytes() == b"raw data"

@@ -49,7 +49,7 @@ def make_cases(d: Path, scale: int) -> dict[str, Path]:
     (d / "md").mkdir()
     (d / "md" / "en.json").write_text(json.dumps(["apple", "table"]))
     bomb = d / "bomb.tar.gz"
-    with tarfile.open(bomb, "w:gz", compresslevel=1) as t:
+    with tarfile.open(bomb, "w:gz") as t:
         for i in range(20):
             for name, data in ((f"k{i:02d}.jpg", _blob(60 * MB // scale)),
                                (f"k{i:02d}.txt", CAPTION)):
@@ -124,9 +124,14 @@ def main() -> None:
     ap.add_argument("--before-rev", default="066c074")
     ap.add_argument("--small", action="store_true")
     ap.add_argument("--worker", nargs=4, metavar=("URL", "VARIANT", "MD", "BEFORE_SRC"))
+    ap.add_argument("--make", nargs=2, metavar=("DIR", "SCALE"))
     a = ap.parse_args()
     if a.worker:
         print("RESULT " + json.dumps(worker(*a.worker)), flush=True)
+        return
+    if a.make:  # in its own process: building a 500 MB cell must not stay in our RSS
+        print(json.dumps({k: str(v) for k, v in make_cases(Path(a.make[0]),
+                                                           int(a.make[1])).items()}))
         return
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
@@ -135,7 +140,10 @@ def main() -> None:
         before_src.write_text(subprocess.run(
             ["git", "-C", str(ROOT), "show", f"{a.before_rev}:pipelines/shards.py"],
             check=True, capture_output=True, text=True).stdout)
-        cases = make_cases(d, 10 if a.small else 1)
+        made = subprocess.run([sys.executable, __file__, "--make", str(d),
+                               "10" if a.small else "1"], env=env, check=True,
+                              capture_output=True, text=True)
+        cases = {k: Path(v) for k, v in json.loads(made.stdout.splitlines()[-1]).items()}
         rows = []
         for name, path in cases.items():
             for variant in ("before", "after", "after256"):

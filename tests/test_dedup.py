@@ -42,6 +42,22 @@ def test_hamming_matches_and_removed_counts():
                     strict=True)) == [("de", 5, 1), ("en", 1, 1), ("en", 2, 1)]
 
 
+def test_batched_phash_is_imagehash_phash():
+    rng = np.random.default_rng(1)
+    jpegs = [photo_jpeg(rng, size=s) for s in (32, 64, 200, 333)]
+    pngs = []
+    for j in jpegs:
+        buf = io.BytesIO()
+        Image.open(io.BytesIO(j)).save(buf, "PNG")
+        pngs.append(buf.getvalue())
+    # PIL path: bit for bit imagehash.phash; libjpeg-turbo's scaled decode: within 2 bits
+    assert dedup.phash_batch(pngs) == [dedup.phash64(p) for p in pngs]
+    for fast, ref in zip(dedup.phash_batch(jpegs), [dedup.phash64(p) for p in pngs],
+                         strict=True):
+        assert bin(fast ^ ref).count("1") <= 2
+    assert dedup.phash_batch([b"not an image", None]) == [None, None]
+
+
 def _enc(im: Image.Image, quality: int = 90) -> bytes:
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=quality)

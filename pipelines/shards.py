@@ -323,7 +323,9 @@ def _binary_lengths(arr: pa.Array, rows: int, parents: np.ndarray | None = None
     t = arr.type
     at = parents if parents is not None else np.arange(len(arr))
     if pa.types.is_dictionary(t):
-        dict_lens = _binary_lengths(arr.dictionary, len(arr.dictionary))
+        # one spare slot: an all-null column has an empty dictionary, and null indices read
+        # slot 0 (then zeroed by is_valid) -- img2dataset Parquet whose downloads all failed
+        dict_lens = np.append(_binary_lengths(arr.dictionary, len(arr.dictionary)), 0)
         idx = arr.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
         lens = dict_lens[idx] * arr.is_valid().to_numpy(zero_copy_only=False)
         np.add.at(out, at, lens)

@@ -81,13 +81,24 @@ def _refusal(path: str, err: BaseException) -> UnsafeCheckpointError:
         "weights as safetensors")
 
 
+def _allow() -> None:
+    """Add ALLOWED_GLOBALS to torch's weights_only allow-list, process-wide and for good.
+    Not torch.serialization.safe_globals: that context is not re-entrant (its exit removes
+    the globals even when an outer context added them too), so a load_file inside
+    weights_only_everywhere emptied the list for every later direct torch.load (DeepSpeed's
+    universal-checkpoint loader reads zero/optimizer_state.pt that way)."""
+    import torch
+
+    torch.serialization.add_safe_globals(allowed_globals())
+
+
 def load_file(path: str, map_location: Any = "cpu", mmap: bool | None = None) -> Any:
     """The one way a checkpoint file is loaded: weights_only=True + ALLOWED_GLOBALS."""
     import torch
 
+    _allow()
     try:
-        with torch.serialization.safe_globals(allowed_globals()):
-            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         raise _refusal(str(path), e) from None
 
@@ -96,7 +107,6 @@ def load_file(path: str, map_location: Any = "cpu", mmap: bool | None = None) ->
 def weights_only_everywhere() -> Iterator[None]:
     """Every torch.load in this process becomes weights_only=True with the allow-list, even
     where the caller (DeepSpeed's zero_to_fp32, its checkpoint engines) passes False."""
-    import torch
 
     with _env_lock:
         if _env_state["depth"] == 0:
@@ -104,8 +114,8 @@ def weights_only_everywhere() -> Iterator[None]:
             os.environ[_FORCE_VAR] = "1"
         _env_state["depth"] += 1
     try:
-        with torch.serialization.safe_globals(allowed_globals()):
-            yield
+        _allow()
+        yield
     finally:
         with _env_lock:
             _env_state["depth"] -= 1

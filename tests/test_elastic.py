@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -162,10 +163,18 @@ def test_stream_slices_one_global_order(small_world):
 # ---------------------------------------------------------------- elastic end to end
 
 def _states(run: str) -> list[dict[str, Any]]:
+    """States of the checkpoints Ray Train has registered (in its checkpoint manager's
+    snapshot): a restart resumes from one of these, not from one still being reported."""
     from worldclip.platform import storage
 
+    snap = storage.join(run, "checkpoint_manager_snapshot.json")
+    if not storage.exists(snap):
+        return []
+    registered = storage.read_bytes(snap).decode()
     out = []
     for u in storage.glob(storage.join(run, "checkpoint_*", "state.json")):
+        if u.rsplit("/", 2)[-2] not in registered:
+            continue
         try:
             out.append(storage.read_json(u))
         except Exception:  # noqa: BLE001, S112 -- being written; read it on the next poll
@@ -216,7 +225,7 @@ def _scenario(args: dict[str, Any]) -> dict[str, Any]:
         ref = cfg("reference", "train.num_workers=2")
         out["reference"] = train.run(ref)
         el = cfg("elastic", "train.num_workers=[1,2]", "train.resize_interval_s=1",
-                 f"train.throttle_step_s={args['throttle']}")
+                 f"train.throttle_step_s={args['throttle']}", "train.max_failures=5")
         run = train.run_dir(el)
         box: dict[str, Any] = {}
 
@@ -254,7 +263,10 @@ def run_scenario(args: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
     tmp = tempfile.mkdtemp(prefix="wcel", dir="/tmp")  # short: unix socket paths
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(RAY_TMPDIR=tmp, RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1",
-               PYTHONUNBUFFERED="1", DS_ACCELERATOR="cpu")
+               PYTHONUNBUFFERED="1", DS_ACCELERATOR="cpu",
+               # right after a node dies Ray Train may still count its resources and wait
+               # for a worker group that cannot start (default 60 s; docs/operations.md)
+               RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="20")
     log = Path(tmp) / "scenario.log"
     with open(log, "w") as f:
         proc = subprocess.Popen([sys.executable, str(HERE), json.dumps(args)], env=env,
@@ -265,6 +277,7 @@ def run_scenario(args: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
         finally:
             kill_session(proc.pid)
     text = log.read_text(errors="replace")
+    shutil.rmtree(tmp, ignore_errors=True)
     lines = [ln for ln in text.splitlines() if ln.startswith(RESULT)]
     assert lines, f"no result; log tail:\n{text[-6000:]}"
     return json.loads(lines[-1][len(RESULT):])
@@ -281,7 +294,7 @@ def test_preempted_worker_shrinks_and_grows_back(small_world, s3_bucket, stage):
                  "world.pairs_per_shard=300", "world.concepts=40",
                  "world.eval_per_concept=2", *TRAIN, f"train.zero_stage={stage}",
                  f"train.out={out_dir}"]
-    r = run_scenario({"overrides": overrides, "throttle": 0.5})
+    r = run_scenario({"overrides": overrides, "throttle": 1.5})
     ref, el = r["ref_run_state"], r["elastic_run_state"]
     # the world went 2 -> 1 -> 2, each change resharded with DeepSpeed's universal converter
     worlds = [x["world"] for x in el["resizes"]]

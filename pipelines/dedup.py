@@ -530,7 +530,7 @@ def thumbnail_grid(out: str, examples: list[dict[str, Any]],
     """PNG: one row per example, pool image | eval image, with the distance."""
     from PIL import Image, ImageDraw
 
-    grid = Image.new("RGB", (2 * size + 12, len(examples) * (size + 16) + 4), "white")
+    grid = Image.new("RGB", (2 * size + 250, len(examples) * (size + 4) + 4), "white")
     draw = ImageDraw.Draw(grid)
     cache: dict[str, dict[str, bytes]] = {}
     for i, ex in enumerate(examples):
@@ -538,7 +538,7 @@ def thumbnail_grid(out: str, examples: list[dict[str, Any]],
             m = _read(storage.join(out, "matches", f"{ex['shard']}.parquet"), ["key", "image"])
             cache[ex["shard"]] = dict(zip(m.column("key").to_pylist(),
                                           m.column("image").to_pylist(), strict=True))
-        y = 4 + i * (size + 16)
+        y = 4 + i * (size + 4)
         for j, data in enumerate((cache[ex["shard"]].get(ex["key"]),
                                   samples.get(ex["eval_set"], {}).get(ex["eval_key"]))):
             try:
@@ -546,8 +546,10 @@ def thumbnail_grid(out: str, examples: list[dict[str, Any]],
                     grid.paste(im.convert("RGB").resize((size, size)), (4 + j * (size + 4), y))
             except Exception:  # noqa: BLE001 -- an undecodable example leaves its cell blank
                 pass
-        draw.text((4, y + size + 1), f"{ex['key'][:14]} ~ {ex['eval_set']}/"
-                  f"{ex['eval_key'][:10]} d={ex['distance']}", fill="black")
+        for line, text in enumerate((f"pool {ex['shard']}/{ex['key']}"[:40],
+                                     f"eval {ex['eval_set']}/{ex['eval_key']}"[:40],
+                                     f"Hamming distance {ex['distance']}")):
+            draw.text((2 * size + 16, y + size // 2 - 18 + 12 * line), text, fill="black")
     buf = io.BytesIO()
     grid.save(buf, format="PNG")
     return buf.getvalue()

@@ -141,14 +141,16 @@ class ShardMatcher:
             else:
                 rows["key"].append(rec["key"])
                 rows["image"].append(rec["image"])
+                rec["image"] = None  # rows holds it until binary_chunks moves it into Arrow
                 rows["url"].append(rec.get("url"))
                 rows["texts"].append(rec["texts"])
                 rows["langs"].append([MERGED if self.s.merged else g for g in groups])
                 rows["entry_ids"].append(ids_per_text)
                 rows["meta"].append(rec["meta"])
+        rows["image"] = binary_chunks(rows["image"])
         matched = pa.Table.from_pydict(rows, schema=MATCH_SCHEMA)
         # the images now live in the Arrow table: free the Python copies before the caller
-        # serialises it (a worker peaks near 2x, not 3x, the shard's bytes; docs/operations.md)
+        # serialises it (the worker's peak stays near the shard's bytes; docs/operations.md)
         rows.clear()
         parsed.records.clear()
         c_lang, c_id, c_n = [], [], []
@@ -165,6 +167,22 @@ class ShardMatcher:
                  "lang_pairs_in": dict(lang_pairs_in), "lang_texts": dict(lang_texts)}
         assert stats["pairs_in"] == matched.num_rows + sum(drops.values())
         return matched, count_table, stats
+
+
+def binary_chunks(values: list[bytes | None], chunk_bytes: int = 64 << 20) -> pa.ChunkedArray:
+    """A binary column built in chunks of ~chunk_bytes, releasing each value from `values` once
+    it is in Arrow: one builder over a whole shard's images grows its buffer by doubling and
+    copies (a transient 2-3x of the shard's bytes); this holds ~1x plus one chunk."""
+    chunks, start, size = [], 0, 0
+    for i, v in enumerate(values):
+        size += len(v) if v else 0
+        if size >= chunk_bytes:
+            chunks.append(pa.array(values[start: i + 1], pa.binary()))
+            values[start: i + 1] = [None] * (i + 1 - start)
+            start, size = i + 1, 0
+    if start < len(values) or not chunks:
+        chunks.append(pa.array(values[start:], pa.binary()))
+    return pa.chunked_array(chunks, pa.binary())
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:

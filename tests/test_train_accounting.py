@@ -79,6 +79,7 @@ def test_undecodable_images_in_curated_shards_are_counted_by_training(small_worl
                       "train.ingest_cpus=0.25")
     result = train.run(cfg)
     (acct,) = result["epoch_accounts"]
+    print(f"planted {planted}, kept {kept}, epoch account {acct}")  # shown with pytest -s
     got = acct["dropped_at_ingest"].get("undecodable_image", 0)
     assert 1 <= got <= planted  # a planted row in the epoch's tail is not reached
     assert result["dropped_at_ingest"] == acct["dropped_at_ingest"]

@@ -174,14 +174,13 @@ def binary_chunks(values: list[bytes | None], chunk_bytes: int = 64 << 20) -> pa
     it is in Arrow: one builder over a whole shard's images grows its buffer by doubling and
     copies (a transient 2-3x of the shard's bytes); this holds ~1x plus one chunk."""
     chunks, start, size = [], 0, 0
-    for i, v in enumerate(values):
-        size += len(v) if v else 0
-        if size >= chunk_bytes:
-            chunks.append(pa.array(values[start: i + 1], pa.binary()))
-            values[start: i + 1] = [None] * (i + 1 - start)
-            start, size = i + 1, 0
-    if start < len(values) or not chunks:
-        chunks.append(pa.array(values[start:], pa.binary()))
+    for i in range(len(values) + 1):
+        n = len(values[i] or b"") if i < len(values) else 0
+        if i == len(values) or (i > start and size + n > chunk_bytes):  # close [start, i)
+            chunks.append(pa.array(values[start: i], pa.binary()))
+            values[start: i] = [None] * (i - start)
+            start, size = i, 0
+        size += n
     return pa.chunked_array(chunks, pa.binary())
 
 

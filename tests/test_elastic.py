@@ -34,9 +34,10 @@ from worldclip.pipelines import elastic
 
 HERE = Path(__file__).resolve()
 RESULT = "RESULT "
+STEPS = 16  # the small world's curation keeps ~620 pairs: 19 global batches
 G = 32  # the global batch of every run here (2 x 16 and 1 x 32: one micro-batch per step)
 TRAIN = ["train.batch_size_per_worker=32", f"train.global_batch={G}", "train.warmup_steps=2",
-         "train.lr=1e-3", "train.log_every=2", "train.epochs=1", "train.max_steps=12",
+         "train.lr=1e-3", "train.log_every=2", "train.epochs=1", f"train.max_steps={STEPS}",
          "train.checkpoint_every=2", "train.record_keys=true", "train.cpus_per_worker=1",
          "train.ingest_cpus=0.25", "train.keep_checkpoints=2"]
 
@@ -257,7 +258,7 @@ def _scenario(args: dict[str, Any]) -> dict[str, Any]:
         cluster.shutdown()
 
 
-def run_scenario(args: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
+def run_scenario(args: dict[str, Any], log: Path, timeout: float = 900) -> dict[str, Any]:
     from test_multinode import kill_session
 
     tmp = tempfile.mkdtemp(prefix="wcel", dir="/tmp")  # short: unix socket paths
@@ -267,7 +268,6 @@ def run_scenario(args: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
                # right after a node dies Ray Train may still count its resources and wait
                # for a worker group that cannot start (default 60 s; docs/operations.md)
                RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="20")
-    log = Path(tmp) / "scenario.log"
     with open(log, "w") as f:
         proc = subprocess.Popen([sys.executable, str(HERE), json.dumps(args)], env=env,
                                 stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -294,23 +294,27 @@ def test_preempted_worker_shrinks_and_grows_back(small_world, s3_bucket, stage):
                  "world.pairs_per_shard=300", "world.concepts=40",
                  "world.eval_per_concept=2", *TRAIN, f"train.zero_stage={stage}",
                  f"train.out={out_dir}"]
-    r = run_scenario({"overrides": overrides, "throttle": 1.5})
+    # the log outlives pytest's tmp dirs (pruned when other sessions start)
+    log = Path(tempfile.gettempdir()) / f"worldclip-test-elastic-z{stage}.log"
+    # a 2 s step gives Ray's autoscaling coordinator (it refreshes the node list every 20 s)
+    # time to see the returned node while the 1-worker group still has steps to take
+    r = run_scenario({"overrides": overrides, "throttle": 2.0}, log)
     ref, el = r["ref_run_state"], r["elastic_run_state"]
     # the world went 2 -> 1 -> 2, each change resharded with DeepSpeed's universal converter
     worlds = [x["world"] for x in el["resizes"]]
     assert worlds[0] == 2 and 1 in worlds and worlds[-1] == 2, el["resizes"]
     resumes = el["resizes"][1:]
-    assert all(x["resharded"] == (x["from_world"] != x["world"]) for x in resumes)
+    assert all(x["resharded"] == (x["from_world"] != x["world"]) for x in resumes), resumes
     assert {(x["from_world"], x["world"]) for x in resumes if x["resharded"]} == {(2, 1), (1, 2)}
     # same steps, and exactly the same pairs: none twice, none skipped
-    assert el["step"] == ref["step"] == 12 and el["seen_pairs"] == ref["seen_pairs"] == 12 * G
-    assert len(el["keys"]) == 12 * G and Counter(el["keys"]) == Counter(ref["keys"])
+    assert el["step"] == ref["step"] == STEPS and el["seen_pairs"] == ref["seen_pairs"] == STEPS * G
+    assert len(el["keys"]) == STEPS * G and Counter(el["keys"]) == Counter(ref["keys"])
     assert len(set(ref["keys"])) == len(ref["keys"])
     # the same optimisation: step losses of the resized run equal the reference's (see
     # _LOSS_RTOL for why this tolerance)
     got = [h[1] for h in el["history"]]
     want = [h[1] for h in ref["history"]]
-    assert [h[0] for h in el["history"]] == list(range(1, 13))
+    assert [h[0] for h in el["history"]] == list(range(1, STEPS + 1))
     np.testing.assert_allclose(got, want, rtol=_LOSS_RTOL)
     # the final export loads in transformers
     from transformers import MetaClip2Model

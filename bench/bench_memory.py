@@ -11,7 +11,8 @@ Each (case, variant) runs in a fresh process doing what the pass-1 worker (Match
 read + parse the shard, LID + match, serialise the match table. Peak RSS (ru_maxrss) is
 reported above the process's RSS after imports and model loading (the kernel's peak mark
 is reset there: /proc/self/clear_refs). Variants:
-  before    the parser of --before-rev (file read whole, every member / the whole table read)
+  before    the parser and matcher of --before-rev (pipelines/shards.py and curate.py of that
+            commit: file read whole, every member / the whole table read, one Arrow builder)
   after     this tree, default limits (max_record_bytes 64 MiB, max_shard_bytes 1 GiB)
   after256  this tree, curation.max_shard_bytes = 256 MiB
 --small divides every size by 10 (a quick run).
@@ -84,46 +85,61 @@ def _reset_peak() -> float:
     return _status_mb("VmRSS")
 
 
-def worker(url: str, variant: str, md: str, before_src: str) -> dict:
-    """One pass-1 worker run in this (fresh) process."""
-    from worldclip.pipelines.curate import MatchSettings, ShardMatcher, _parquet_bytes
-    from worldclip.pipelines.limits import ReadLimits
-    from worldclip.pipelines.shards import load_shard
+def _load(name: str, path: Path):  # noqa: ANN202 -- a module of the --before-rev tree
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def worker(url: str, variant: str, md: str, before_dir: str) -> dict:
+    """One pass-1 worker run in this (fresh) process: what MatchActor does per shard."""
     from worldclip.platform import storage
 
-    matcher = ShardMatcher(MatchSettings(metadata=md))
-    matcher.match_parsed(_warm(), "warm")  # LID model and automaton loaded before measuring
+    if variant == "before":  # the --before-rev parser and matcher, as they were
+        old_shards = _load("old_shards", Path(before_dir) / "shards.py")
+        old_curate = _load("old_curate", Path(before_dir) / "curate.py")
+        old_curate.parse_shard = old_shards.parse_shard  # its import named today's module
+        matcher = old_curate.ShardMatcher(old_curate.MatchSettings(metadata=md))
+        matcher.match_shard(_warm_tar(), "warm.tar")  # LID model and automaton loaded
+        to_bytes = old_curate._parquet_bytes
+    else:
+        from worldclip.pipelines.curate import MatchSettings, ShardMatcher, _parquet_bytes
+        from worldclip.pipelines.limits import ReadLimits
+        from worldclip.pipelines.shards import load_shard, parse_shard
+
+        matcher = ShardMatcher(MatchSettings(metadata=md))
+        matcher.match_parsed(parse_shard(_warm_tar(), "warm.tar"), "warm.tar")
+        to_bytes = _parquet_bytes
     base = _reset_peak()
     t0 = time.time()
     if variant == "before":
-        spec = importlib.util.spec_from_file_location("old_shards", before_src)
-        old = importlib.util.module_from_spec(spec)
-        sys.modules["old_shards"] = old  # dataclasses look their module up
-        spec.loader.exec_module(old)
-        parsed = old.parse_shard(storage.read_bytes(url), url)
+        matched, counts, stats = matcher.match_shard(storage.read_bytes(url), url)
     else:
         limits = ReadLimits() if variant == "after" else ReadLimits(max_shard_bytes=256 * MB)
-        parsed = load_shard(url, limits)
-    matched, counts, stats = matcher.match_parsed(parsed, url)
-    out_bytes = len(_parquet_bytes(matched))
+        matched, counts, stats = matcher.match_parsed(load_shard(url, limits), url)
+    out_bytes = len(to_bytes(matched))
     return {"base_mb": base, "peak_mb": _status_mb("VmHWM"), "s": time.time() - t0,
             "kept": matched.num_rows, "drops": stats["drops"], "out_mb": out_bytes / MB}
 
 
-def _warm():  # noqa: ANN202 -- a ShardResult with one pair, to load LID and the automaton
-    from worldclip.pipelines.shards import ShardResult
-
-    r = ShardResult()
-    r.records.append({"key": "w", "image": b"\xff\xd8\xff", "texts": [CAPTION.decode()],
-                      "meta": "{}"})
-    return r
+def _warm_tar() -> bytes:
+    """A one-pair tar, to load the LID model and the automaton before measuring."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        for name, data in (("w.jpg", b"\xff\xd8\xff"), ("w.txt", CAPTION)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--before-rev", default="066c074")
     ap.add_argument("--small", action="store_true")
-    ap.add_argument("--worker", nargs=4, metavar=("URL", "VARIANT", "MD", "BEFORE_SRC"))
+    ap.add_argument("--worker", nargs=4, metavar=("URL", "VARIANT", "MD", "BEFORE_DIR"))
     ap.add_argument("--make", nargs=2, metavar=("DIR", "SCALE"))
     a = ap.parse_args()
     if a.worker:
@@ -136,10 +152,12 @@ def main() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         d = Path(tmp)
-        before_src = d / "old_shards.py"
-        before_src.write_text(subprocess.run(
-            ["git", "-C", str(ROOT), "show", f"{a.before_rev}:pipelines/shards.py"],
-            check=True, capture_output=True, text=True).stdout)
+        before_dir = d / "before"
+        before_dir.mkdir()
+        for mod in ("shards", "curate"):
+            (before_dir / f"{mod}.py").write_text(subprocess.run(
+                ["git", "-C", str(ROOT), "show", f"{a.before_rev}:pipelines/{mod}.py"],
+                check=True, capture_output=True, text=True).stdout)
         made = subprocess.run([sys.executable, __file__, "--make", str(d),
                                "10" if a.small else "1"], env=env, check=True,
                               capture_output=True, text=True)
@@ -148,7 +166,7 @@ def main() -> None:
         for name, path in cases.items():
             for variant in ("before", "after", "after256"):
                 p = subprocess.run([sys.executable, __file__, "--worker", str(path), variant,
-                                    str(d / "md"), str(before_src)], env=env,
+                                    str(d / "md"), str(before_dir)], env=env,
                                    capture_output=True, text=True)
                 line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
                 if line is None:

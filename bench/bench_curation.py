@@ -12,7 +12,7 @@ side by side in one run:
   (c) the Ray Data pass 1 (`curate.run_match`, curation.concurrency=2: two 1-CPU matching
       actors = the "2 cores") on a local Ray with --ray-cpus=4 logical CPUs, vs 2x (b)'s
       single-core throughput. num_cpus=2 hangs: the two actors take both logical CPUs and
-      Ray Data's read tasks never get one (CONVENTIONS.md, measured here).
+      Ray Data's read tasks never get one (docs/operations.md, measured pitfalls).
       Ray startup and a 1-shard warm-up run (worker processes, imports) are excluded; the
       actors' own start-up (metadata + automata) is inside the pipeline's time and reported
       separately as measured in-process.

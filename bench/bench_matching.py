@@ -1,4 +1,4 @@
-"""Aho-Corasick matching vs brute force on a 500k-entry vocabulary (RECIPE.md §2).
+"""Aho-Corasick matching vs brute force on a 500k-entry vocabulary (docs/curation.md §2).
 
 The paper reports ~2000x over brute force. This builds a deterministic English-like vocabulary
 of the MetaCLIP size (wordfreq unigrams + bigrams + title-cased "titles" + synthetic strings),

@@ -1,4 +1,4 @@
-"""Counting, thresholds and balanced sampling (RECIPE.md §4), as pure numpy.
+"""Counting, thresholds and balanced sampling (docs/curation.md §4), as pure numpy.
 
 The pipeline matches once and stores entry ids per text; everything here works from those
 ids and the global per-language counts, so a new threshold is only a re-sample ("match once,

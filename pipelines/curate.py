@@ -1,6 +1,6 @@
 """Curation: raw shards -> LID -> per-language matching -> global counts -> t_lang -> sample.
 
-Two passes, "match once, rebalance many" (DESIGN.md):
+Two passes, "match once, rebalance many" (docs/architecture.md):
 
   pass 1 (match, expensive; per input shard, resumable):
       <out>/matches/<shard>.parquet         matched pairs: key, image, texts, langs, entry_ids

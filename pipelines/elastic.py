@@ -117,7 +117,7 @@ def micro_batches(blocks: Iterable[dict[str, np.ndarray]], ranges: Iterable[tupl
 
 
 def key_ids(keys: Iterable[str]) -> np.ndarray:
-    """A stable int64 id per pair key (tensors cannot carry strings; CONVENTIONS.md)."""
+    """A stable int64 id per pair key (tensors cannot carry strings; docs/operations.md)."""
     return np.asarray([int.from_bytes(hashlib.blake2b(str(k).encode(), digest_size=8)
                                       .digest(), "little", signed=True) for k in keys],
                       np.int64)

@@ -2,7 +2,7 @@
 
 Each epoch has a deterministic *plan*: the curated files in a seeded order, dealt round-robin
 to the train workers. A worker's stream reads its files (Ray Data tasks), redraws text and
-keep-coin for the epoch (online mode; RECIPE.md section 4), shuffles rows within the file
+keep-coin for the epoch (online mode; docs/curation.md §4), shuffles rows within the file
 (seeded), then decodes, augments and tokenizes in `map_batches`. Every row carries its raw
 position in the worker's sequence, so a checkpoint records exactly how far a worker got and a
 resumed run streams the remaining rows of that epoch in the same order.

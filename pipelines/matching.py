@@ -1,4 +1,4 @@
-"""Substring matching of alt-texts against a language's metadata entries (RECIPE.md §2).
+"""Substring matching of alt-texts against a language's metadata entries (docs/curation.md §2).
 
 The semantics are MetaCLIP 2's: the text is padded with spaces (around the whole text and
 around ``, . ; : ? ! ```), each entry gets a space on a side unless its character on that side
@@ -82,7 +82,7 @@ _EXT_STARTS, _EXT_ENDS = _flatten_ranges(NOSPACE_RANGES + KANA_HANGUL_RANGES)
 
 
 def is_nospace_char(ch: str, kana_hangul_nospace: bool = False) -> bool:
-    """True if an entry needs no space next to this character to match (RECIPE.md §2)."""
+    """True if an entry needs no space next to this character to match (docs/curation.md §2)."""
     if ch in NOSPACE_PUNCTUATION:
         return True
     starts, ends = (_EXT_STARTS, _EXT_ENDS) if kana_hangul_nospace else (_BASE_STARTS, _BASE_ENDS)

@@ -1,6 +1,6 @@
 """Per-language metadata (concept vocabularies): loading, validation, cached matchers.
 
-Format (RECIPE.md section 1): one JSON list of strings per language at <url>/<lang>.json,
+Format (docs/curation.md §1): one JSON list of strings per language at <url>/<lang>.json,
 id = position. Languages are loaded lazily -- only those that occur -- and each language's
 Aho-Corasick automaton is built once per worker process and cached.
 """

@@ -61,14 +61,14 @@ def deepspeed_config(tc: dict[str, Any], world_size: int, micro_batch: int | Non
         "gradient_clipping": 1.0,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
-        # a torch AdamW client optimizer (config "AdamW" compiles FusedAdam; CONVENTIONS.md)
+        # a torch AdamW client optimizer (config "AdamW" compiles FusedAdam; docs/operations.md)
         "zero_allow_untested_optimizer": True,
         "zero_force_ds_cpu_optimizer": False,
     }
 
 
 def lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:
-    """Linear warm-up then cosine to 0 (RECIPE.md section 5)."""
+    """Linear warm-up then cosine to 0 (docs/architecture.md, Training)."""
     if warmup > 0 and step < warmup:
         return base_lr * (step + 1) / warmup
     if total <= warmup:
@@ -123,7 +123,7 @@ class TrainState:
 
 def skip_cpu_shm_op() -> None:
     """DeepSpeed compiles a shared-memory comm op at every CPU distributed init (~33 s,
-    needs a compiler) that gloo training never uses (CONVENTIONS.md)."""
+    needs a compiler) that gloo training never uses (docs/operations.md)."""
     import importlib
 
     # not `import deepspeed.comm.torch as m`: deepspeed.comm re-exports a name `torch`, which
@@ -225,13 +225,13 @@ def train_loop(config: dict[str, Any]) -> None:
         log.info("resumed at step %d, epoch %d on %d workers (checkpoint of %d%s)",
                  state.step, state.epoch, world, saved.world_size,
                  ", resharded" if reshard else "")
+    from_world, from_saved_at = state.world_size or None, state.saved_at or None
     state.world_size, state.micro_batch, state.grad_accum = world, micro, accum
     state.global_batch = gbs
     state.resizes.append({"step": state.step, "world": world, "micro_batch": micro,
                           "grad_accum": accum, "resharded": reshard,
                           "convert_s": round(convert_s, 3), "started_at": started_at,
-                          "from_world": saved.world_size if saved else None,
-                          "ckpt_saved_at": saved.saved_at if saved else None,
+                          "from_world": from_world, "ckpt_saved_at": from_saved_at,
                           "first_step_at": None})
 
     source = Source.open(config["data"])

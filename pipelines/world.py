@@ -1,7 +1,7 @@
 """The embedded world: a small, deterministic "worldwide web" of image-text pairs.
 
 No crawl or hub download is possible offline, so this generator stands in for the web pool
-MetaCLIP 2 curates (DESIGN.md, "The embedded world"). Everything is a pure function of
+MetaCLIP 2 curates (docs/architecture.md, "The embedded world"). Everything is a pure function of
 ``world.seed`` and the config: the same config writes byte-identical files.
 
 What it models:

@@ -77,7 +77,7 @@ class CurationConfig:
     language_map: dict[str, str] = field(default_factory=dict)
     kana_hangul_nospace: bool = False
     # Exactly one of t_en / p: t_en is the English threshold (170k at 10B-pair scale);
-    # p the tail proportion (use p on small pools, see RECIPE.md section 4).
+    # p the tail proportion (use p on small pools, see docs/curation.md §4).
     t_en: float | None = None
     p: float | None = 0.06
     # per_language (MetaCLIP 2) | single (one t for all, ablation) | none (unbalanced)

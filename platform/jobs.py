@@ -7,8 +7,8 @@ The config is resolved and validated here, before anything reaches the cluster, 
 a redacted YAML file beside a copy of the package source in the job's working_dir; the job
 runs `python -m worldclip <stage> --config worldclip-job.yaml` on the cluster. The working_dir
 holds a `worldclip/` folder rather than the repository root itself, because the repository
-root IS the package (DESIGN.md): put on sys.path, its `platform/` would shadow the standard
-library's `platform`.
+root IS the package (docs/architecture.md): put on sys.path, its `platform/` would shadow
+the standard library's `platform`.
 
 Secrets: job metadata carries only stage, user and config hash, and runtime_env env_vars are
 visible to anyone who can read the dashboard, so AWS credentials are NOT forwarded by default:

@@ -48,7 +48,7 @@ def init_ray(cfg: DictConfig | None = None) -> None:
         return
     num_cpus = rc.num_cpus if rc and rc.num_cpus else max(4, os.cpu_count() or 1)
     # Logical CPUs > physical on small machines on purpose: Ray Data needs a CPU beside the
-    # train workers or it starves (CONVENTIONS.md).
+    # train workers or it starves (docs/operations.md).
     log.info("starting a local Ray (num_cpus=%s)", num_cpus)
     # address="local": never join some other Ray that `ray start` left on this machine
     ray.init(address="local", num_cpus=num_cpus,

@@ -78,7 +78,7 @@ def s3_prefix(s3_bucket, request) -> str:
 
 @pytest.fixture(scope="session")
 def ray_session(s3_server):
-    """One local Ray per test session (num_cpus=4 on 2 cores on purpose: CONVENTIONS.md)."""
+    """One local Ray per test session (num_cpus=4 on 2 cores on purpose: docs/operations.md)."""
     import ray
 
     from worldclip.platform.runtime import worker_env

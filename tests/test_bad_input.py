@@ -87,7 +87,8 @@ def test_records_survive_arrow_and_json_round_trip() -> None:
     for s in CORPUS:
         recs = _parse(s).records
         cols = {"key": [r["key"] for r in recs], "image": [r["image"] for r in recs],
-                "url": [r.get("url") for r in recs], "texts": [r["texts"] for r in recs], "langs": [[] for _ in recs],
+                "url": [r.get("url") for r in recs], "texts": [r["texts"] for r in recs],
+                "langs": [[] for _ in recs],
                 "entry_ids": [[] for _ in recs], "meta": [r["meta"] for r in recs]}
         pa.Table.from_pydict(cols, schema=MATCH_SCHEMA)  # raises on non-UTF-8 strings
         for r in recs:

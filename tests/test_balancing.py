@@ -1,4 +1,5 @@
-"""Counting, thresholds, probabilities and sampling of RECIPE.md §4 (hand-computed + properties)."""
+"""Counting, thresholds, probabilities and sampling of docs/curation.md §4 (hand-computed
+expectations and properties)."""
 
 from __future__ import annotations
 

@@ -118,7 +118,7 @@ def test_staging_has_package_and_job_config(tmp_path: Path) -> None:
 
 def test_staged_package_imports_and_keeps_stdlib_platform(tmp_path: Path) -> None:
     """From the job's working_dir, `import worldclip` finds the shipped copy and `platform`
-    is still the standard library (DESIGN.md: why the root is not put on sys.path)."""
+    is still the standard library (docs/architecture.md: why the root is not put on sys.path)."""
     dest = tmp_path / "wd"
     jobs.stage_package(dest)
     code = ("import platform, worldclip, worldclip.platform.config as c; "

@@ -1,4 +1,4 @@
-"""Language id backends and the label -> metadata group map (RECIPE.md §3)."""
+"""Language id backends and the label -> metadata group map (docs/curation.md §3)."""
 
 from __future__ import annotations
 

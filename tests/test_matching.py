@@ -1,4 +1,4 @@
-"""Pins the substring-matching semantics of RECIPE.md §2."""
+"""Pins the substring-matching semantics of docs/curation.md §2."""
 
 from __future__ import annotations
 

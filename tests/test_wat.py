@@ -3,7 +3,7 @@ img2dataset, the join of img2dataset's output by key, and the accounting from WA
 to trained pairs (docs/curation.md, "Text-first curation from Common Crawl").
 
 WAT fixtures are real WARC/1.0 files written with warcio (gzip per record, as Common Crawl);
-the img2dataset output fixture follows img2dataset 1.47's WebDataset layout (CONVENTIONS.md).
+the img2dataset output fixture follows img2dataset 1.47's WebDataset layout (docs/operations.md).
 """
 
 from __future__ import annotations

@@ -146,3 +146,16 @@ def test_suite_config_errors_name_the_key(tmp_path):
     cfg = load_config([f"eval.out={tmp_path}", "eval.suite=[{name: x, url: /x, type: coco}]"])
     with pytest.raises(ConfigError, match="eval.suite.*type='coco'"):
         ev.run(cfg)
+
+
+def test_loaders_read_from_s3(tmp_path, s3_prefix):
+    xm, wds = str(tmp_path / "xm3600"), str(tmp_path / "wds_cls")
+    write_xm3600(xm, IMAGES, XM_CAPS)
+    write_clip_benchmark_wds(wds, IMAGES, labels=[0, 1, 2, 0, 1, 2],
+                             classnames=["cat", "dog", "car"])
+    storage.upload_dir(xm, f"{s3_prefix}/xm3600")
+    storage.upload_dir(wds, f"{s3_prefix}/wds_cls")
+    b = benchmarks.load(spec(f"{s3_prefix}/xm3600"))
+    assert b.type == "xm3600" and b.images == IMAGES and b.captions["ja"][0] == ["写真 0"]
+    w = benchmarks.load(spec(f"{s3_prefix}/wds_cls"))
+    assert w.type == "wds" and w.labels["en"].tolist() == [0, 1, 2, 0, 1, 2]

@@ -35,8 +35,9 @@ STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "wat": (("wat.input",), ("wat.out",)),
     "curate": (("curation.input", "curation.metadata", "curation.decontaminate"),
                ("curation.out", "curation.balanced_out")),
-    "download-list": (("curation.input",), ("download.list_out",)),
-    "join": (("curation.input", "download.images"), ("download.joined_out",)),
+    # download-list reads the balanced output; join reads the match index and the images
+    "download-list": (("curation.balanced_out",), ("download.list_out",)),
+    "join": (("curation.out", "download.images"), ("download.joined_out",)),
     "rebalance": (("curation.input", "curation.metadata"), ("curation.balanced_out",)),
     "train": (("train.data", "eval.data"), ("train.out",)),
     "export": ((), ()),

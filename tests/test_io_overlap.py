@@ -255,3 +255,20 @@ def test_rebalance_replaces_only_a_sample_it_created(small_world, tmp_path: Path
         curate.run_rebalance(make_config(small_world["root"], "curation.p=0.3",
                                          f"curation.balanced_out={foreign}"))
     assert (foreign / "shards" / "precious.tar").read_bytes() == b"raw data"
+
+
+def test_text_first_stages_guard_what_they_read(tmp_path: Path) -> None:
+    """download-list reads the balanced output and join reads the match index: an output
+    inside either is refused (not only one inside curation.input)."""
+    cur = tmp_path / "curated"
+    cfg = load_config([f"storage.root={tmp_path}", f"curation.out={cur}",
+                       f"download.list_out={cur}/balanced/urls"])
+    with pytest.raises(ConfigError, match="download.list_out=.*curation.balanced_out"):
+        check_stage_io("download-list", cfg)
+    cfg = load_config([f"storage.root={tmp_path}", f"curation.out={cur}",
+                       f"download.images={tmp_path}/images",
+                       f"download.joined_out={cur}/matches/joined"])
+    with pytest.raises(ConfigError, match="download.joined_out=.*curation.out"):
+        check_stage_io("join", cfg)
+    check_stage_io("join", load_config([f"storage.root={tmp_path}",
+                                        f"download.images={tmp_path}/images"]))

@@ -213,7 +213,12 @@ def train_loop(config: dict[str, Any]) -> None:
                 dist.barrier()
                 convert_s = time.time() - t0
             # every file through weights_only + DeepSpeed's allow-list (docs/operations.md)
-            checkpoints.load_engine_checkpoint(engine, load_dir, CKPT_TAG)
+            try:
+                checkpoints.load_engine_checkpoint(engine, load_dir, CKPT_TAG)
+            except BaseException:  # a refused or broken checkpoint: no converted copy left
+                if reshard and ctx.get_local_rank() == 0:
+                    shutil.rmtree(load_dir, ignore_errors=True)
+                raise
             state = saved
             if not state.world_size:  # written before elastic training: per-rank positions
                 state.pos = 0

@@ -461,7 +461,8 @@ def run_match(cfg: DictConfig) -> list[dict[str, Any]]:
         ds = ray.data.from_items([{"url": u} for u in todo], override_num_blocks=len(todo))
         ds = ds.map_batches(MatchActor, fn_constructor_args=(MatchSettings.from_config(c),
                                                              c.out),
-                            batch_size=1, num_cpus=1,
+                            # SPREAD: the match actors go to every node, not packed on one
+                            batch_size=1, num_cpus=1, scheduling_strategy="SPREAD",
                             compute=ray.data.ActorPoolStrategy(size=min(c.concurrency,
                                                                         len(todo))))
         for row in ds.iter_rows():
@@ -535,7 +536,8 @@ def run_sample(cfg: DictConfig, match_stats: list[dict[str, Any]],
         ds = ray.data.from_items([{"shard": n} for n in todo], override_num_blocks=len(todo))
         ds = ds.map_batches(SampleActor, fn_constructor_args=(
             settings, storage.join(c.out, "matches"), ref), batch_size=1,
-            compute=ray.data.ActorPoolStrategy(size=min(c.concurrency, len(todo))), num_cpus=1)
+            compute=ray.data.ActorPoolStrategy(size=min(c.concurrency, len(todo))), num_cpus=1,
+            scheduling_strategy="SPREAD")  # actors over every node, not packed on the first
         for _ in ds.iter_rows():
             pass
     sample_stats = [storage.read_json(storage.join(out, "stats", f"{n}.json")) for n in names]

@@ -251,6 +251,10 @@ def _mission_stage(ray: Any, labels: dict[str, str]) -> dict[str, Any]:
                        "train.placement_strategy=SPREAD", "train.ingest_cpus=0.25"])
     apply_storage(cfg)
     world.run(cfg)
+    # The shards here are tiny (100 pairs): without this, the actor on the driver's node can
+    # finish all of them before the other node's actor has started, and the assertion below
+    # would measure start-up latency rather than placement (the match actors are SPREAD).
+    ray.data.DataContext.get_current().wait_for_min_actors_s = 120
     card = curate.run(cfg)
     stats = [storage.read_json(u) for u in
              storage.glob(storage.join(cfg.curation.out, "matches", "*.stats.json"))]

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from worldclip.platform.config import RULES, Config, ConfigError, load_config
+from worldclip.platform.config import ConfigError, load_config
+from worldclip.platform.rules import RULES
+from worldclip.platform.schema import Config
 
 WORLDCLIP = Path(sys.executable).parent / "worldclip"  # the installed console script
 

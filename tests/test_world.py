@@ -1,4 +1,8 @@
-"""The embedded world: concepts, frequencies, captions, images, layout, determinism, S3 + Ray."""
+"""The embedded world stage: layout, frequencies, captions, eval set, determinism, S3 + Ray.
+
+The pure pieces are tested beside their modules: tests/test_world_concepts.py,
+tests/test_world_languages.py, tests/test_world_render.py.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +20,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from worldclip.pipelines import world
 from worldclip.pipelines.matching import Matcher
+from worldclip.pipelines.world.stage import generate_world
 from worldclip.platform import storage
 from worldclip.platform.config import load_config
+from worldclip.platform.schema import WorldConfig
 
 LANGS = ["en", "ar", "de", "es", "fa", "fr", "id", "it", "ja", "ko", "pt", "ru", "tr", "zh"]
 KEY_RE = re.compile(r"^\d{5}_\d{6}$")
@@ -53,80 +58,6 @@ def decodes(data: bytes) -> bool:
         return False
 
 
-# ------------------------------------------------------------------------ pure pieces
-
-def test_concepts_have_plain_distinct_names_in_every_language():
-    concepts = world.select_concepts(LANGS, 120)
-    assert len(concepts) == 120 and [c.index for c in concepts] == list(range(120))
-    assert concepts == world.select_concepts(LANGS, 120)  # fixed order, no seed involved
-    for lang in LANGS:
-        names = [c.names[lang] for c in concepts]
-        assert len(set(names)) == 120, lang
-        for name in names:
-            assert name == name.strip() and "_" not in name and ":" not in name
-            assert not any(ch.isdigit() for ch in name) and len(name.split()) <= 3
-            others = [o for o in names if o != name]
-            if lang in world.NOSPACE_LANGUAGES:
-                assert not any(name in o for o in others), (lang, name)
-            else:
-                assert not any(f" {name} " in f" {o} " for o in others), (lang, name)
-    assert {c.names["en"] for c in concepts} >= {"sun", "cloud", "anchor"}
-    assert concepts[1].names["ja"] == "太陽" and concepts[1].names["de"] == "sonne"
-
-
-def test_concept_selection_errors_name_the_fix():
-    with pytest.raises(ValueError, match=r"world.concepts=5000: only \d+ emoji"):
-        world.select_concepts(LANGS, 5000)
-    with pytest.raises(ValueError, match=r"world.languages contains \['xx'\]"):
-        world.select_concepts(["en", "xx"], 10)
-
-
-def test_zipf_probabilities_head_and_tail():
-    p = world.concept_probabilities(120, 1.1, seed=0)
-    assert p.sum() == pytest.approx(1.0)
-    ranked = np.sort(p)[::-1]
-    ranks = np.arange(1, 121)
-    assert np.allclose(ranked[0] / ranked, ranks**1.1)  # exactly rank^-a
-    assert ranked[:12].sum() > 0.5  # top 10% of concepts hold most pairs
-    assert ranked[60:].sum() < 0.15  # the lower half is a thin tail
-    q = world.concept_probabilities(120, 1.1, seed=1)
-    assert not np.array_equal(p, q) and np.allclose(np.sort(p), np.sort(q))
-
-
-def test_language_probabilities():
-    p = world.language_probabilities(LANGS, 0.44)
-    assert p.sum() == pytest.approx(1.0) and p[0] == pytest.approx(0.44)
-    share = dict(zip(LANGS, p))
-    assert share["es"] > share["fa"] > 0  # mild skew, every language present
-    assert world.language_probabilities(["de", "fr"], 0.44).tolist() == [0.5, 0.5]
-
-
-def test_metadata_lists_concepts_first_then_distinct_real_words():
-    concepts = world.select_concepts(LANGS, 40)
-    meta = world.build_metadata(concepts, LANGS, distractors=50)
-    for lang in LANGS:
-        entries = meta[lang]
-        assert all(isinstance(e, str) and e for e in entries)
-        assert len(entries) == len(set(entries)) == 40 + 50
-        assert entries[:40] == [c.names[lang] for c in concepts]
-        assert set(world.HEAD_WORDS[lang]) <= set(entries)
-    assert "the" in meta["en"] and "die" in meta["de"]  # wordfreq's top words
-
-
-def test_images_follow_the_concept_signature():
-    sigs = world.concept_signatures(120, seed=0)
-    assert len({tuple(s) for s in sigs}) == 120 and all(s[0] != s[2] for s in sigs)
-    rng = np.random.default_rng(0)
-    img = world.render_image(sigs[0], rng, 64)
-    assert img.shape == (64, 64, 3) and img.dtype == np.uint8
-    # The background colour dominates the border; two renders differ (random variation).
-    border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]]).astype(float)
-    assert np.abs(np.median(border, 0) - world.PALETTE[sigs[0][0]]).max() < 60
-    assert not np.array_equal(img, world.render_image(sigs[0], rng, 64))
-    jpg = world.encode_jpeg(img)
-    assert jpg[:2] == b"\xff\xd8" and decodes(jpg)
-
-
 # ------------------------------------------------------------------------ a small world
 
 @pytest.fixture(scope="module")
@@ -134,7 +65,7 @@ def small_world(tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("world")
     cfg = wcfg(pairs=2000, pairs_per_shard=500, corrupt_share=0.03, distractors=80,
                eval_per_concept=3)
-    return out, world.generate_world(cfg, str(out))
+    return out, generate_world(cfg, str(out))
 
 
 @pytest.fixture(scope="module")
@@ -287,9 +218,9 @@ def _files(root: Path) -> dict[str, bytes]:
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
     cfg = dict(pairs=300, pairs_per_shard=120, concepts=30, distractors=20,
                eval_per_concept=1, corrupt_share=0.05)
-    world.generate_world(wcfg(**cfg), str(tmp_path / "a"))
-    world.generate_world(wcfg(**cfg), str(tmp_path / "b"))
-    world.generate_world(wcfg(**cfg, seed=1), str(tmp_path / "c"))
+    generate_world(wcfg(**cfg), str(tmp_path / "a"))
+    generate_world(wcfg(**cfg), str(tmp_path / "b"))
+    generate_world(wcfg(**cfg, seed=1), str(tmp_path / "c"))
     a, b, c = (_files(tmp_path / x) for x in "abc")
     assert len([k for k in a if k.startswith("raw/")]) == 6
     assert a == b
@@ -297,18 +228,31 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
         if name.startswith("raw/") or name.startswith("eval/eval"):
             assert a[name] != c[name], name
     # a rerun with fewer pairs leaves no stale shards behind
-    world.generate_world(wcfg(**{**cfg, "pairs": 100}), str(tmp_path / "a"))
+    generate_world(wcfg(**{**cfg, "pairs": 100}), str(tmp_path / "a"))
     assert sorted(os.listdir(tmp_path / "a" / "raw" / "wds")) == ["shard-00000.tar"]
 
 
 def test_bad_config_values_are_named(tmp_path):
     with pytest.raises(ValueError, match="world.formats"):
-        world.generate_world(wcfg(formats=["csv"]), str(tmp_path))
+        generate_world(wcfg(formats=["csv"]), str(tmp_path))
     with pytest.raises(ValueError, match="world.image_size=8"):
-        world.generate_world(wcfg(image_size=8), str(tmp_path))
+        generate_world(wcfg(image_size=8), str(tmp_path))
     with pytest.raises(ValueError, match="world.workers=0"):
-        world.generate_world(wcfg(workers=0), str(tmp_path))
+        generate_world(wcfg(workers=0), str(tmp_path))
     assert not (tmp_path / "raw").exists()  # validation happens before anything is written
+
+
+def test_a_section_built_in_code_is_checked_by_the_same_rules(tmp_path):
+    # generate_world called without load_config: the RULES table still applies, once.
+    with pytest.raises(ValueError, match=r"config world.formats=\['csv'\]"):
+        generate_world(WorldConfig(formats=["csv"]), str(tmp_path))
+    with pytest.raises(ValueError, match="config world.image_size=8"):
+        generate_world(WorldConfig(image_size=8), str(tmp_path))
+    with pytest.raises(ValueError, match="config world.workers=0"):
+        generate_world(WorldConfig(), str(tmp_path), workers=0)
+    with pytest.raises(ValueError, match=r"world.languages contains \['xx'\]"):
+        generate_world(WorldConfig(languages=["en", "xx"]), str(tmp_path))
+    assert not (tmp_path / "raw").exists()
 
 
 # ------------------------------------------------------------------------ S3 + Ray
@@ -341,7 +285,7 @@ def test_cli_world_on_s3_reads_back_with_ray(s3_prefix, ray_session, capsys):
 
 def test_ray_workers_write_the_same_bytes(tmp_path, ray_session):
     cfg = dict(pairs=240, pairs_per_shard=60, concepts=20, distractors=10, eval_per_concept=1)
-    world.generate_world(wcfg(**cfg), str(tmp_path / "one"), workers=1)
-    world.generate_world(wcfg(**cfg), str(tmp_path / "two"), workers=2)
+    generate_world(wcfg(**cfg), str(tmp_path / "one"), workers=1)
+    generate_world(wcfg(**cfg), str(tmp_path / "two"), workers=2)
     one, two = _files(tmp_path / "one"), _files(tmp_path / "two")
     assert len([k for k in one if k.endswith(".tar")]) == 4 and one == two

@@ -20,7 +20,8 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from worldclip.pipelines.tune.paths import done_url, pg_list_url, reports_url, trial_dir_for
 from worldclip.pipelines.tune.search import METRIC
 from worldclip.platform import owned, storage
-from worldclip.platform.config import apply_storage, validate
+from worldclip.platform.config import apply_storage
+from worldclip.platform.rules import validate
 
 log = logging.getLogger(__name__)
 

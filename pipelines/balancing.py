@@ -150,6 +150,7 @@ def derive_thresholds(
     p: float | None = None,
     mode: str = "per_language",
     english: str = "en",
+    min_t: float = 0.0,
 ) -> ThresholdResult:
     """Per-language thresholds from exactly one of t_en (English threshold) or p (tail share).
 
@@ -157,6 +158,9 @@ def derive_thresholds(
     mode="single": every language uses t_en (ablation "one t for all").
     mode="none": no balancing, every matched pair has probability 1 (t = inf); t_en/p optional.
     Languages whose counts sum to zero get no threshold and are listed.
+    min_t: a floor for the derived per-language thresholds (0 = none, the reference): on a
+    small pool p can fall below a language's smallest cumulative share and give t = 0, which
+    drops the whole language (docs/curation.md, "Small languages").
     """
     if mode not in BALANCING_MODES:
         raise ValueError(f"balancing mode={mode!r}: must be one of {', '.join(BALANCING_MODES)}")
@@ -204,7 +208,7 @@ def derive_thresholds(
         elif mode == "single" or lang == english:
             t_lang[lang] = float(t_en)
         else:
-            t_lang[lang] = threshold_for_proportion(counts_by_lang[lang], p)
+            t_lang[lang] = max(threshold_for_proportion(counts_by_lang[lang], p), min_t)
     return ThresholdResult(
         p=p,
         t_en=t_en,

@@ -51,7 +51,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
-from worldclip.pipelines.shards import shard_name
+from worldclip.pipelines import layout, refs
 from worldclip.platform import owned, storage
 
 log = logging.getLogger(__name__)
@@ -278,8 +278,9 @@ class HashActor:
             missing = tuple(c for c in self.columns
                             if not storage.exists(hash_url(self.out, name, c)))
             if missing:
-                m = _read(storage.join(self.out, "matches", f"{name}.parquet"), ["key", "image"])
-                write_hash_columns(storage.join(self.out, "matches", name), m, missing)
+                keys, images = matched_images(self.out, name)
+                write_hash_columns(storage.join(self.out, "matches", name), keys, images,
+                                   missing)
         return {"shard": list(batch["shard"])}
 
 
@@ -306,13 +307,10 @@ def hash_columns(c: DictConfig) -> tuple[str, ...]:
         (("phash",) if c.get("decontaminate") else ())
 
 
-def write_hash_columns(base: str, matched: pa.Table, columns: tuple[str, ...]) -> None:
-    """Pass 1 hook (MatchActor): <base>.<column>.parquet for each column, from the image
-    bytes already in memory -- no second read of the shard, no second actor pool."""
-    if not columns:
-        return
-    keys = matched.column("key").to_pylist()
-    images = matched.column("image").to_pylist()
+def write_hash_columns(base: str, keys: list[str], images: list[bytes | None],
+                       columns: tuple[str, ...]) -> None:
+    """Pass 1 hook (curate.match_to_files): <base>.<column>.parquet for each column, from the
+    image bytes already in memory -- no second read of the shard, no second actor pool."""
     for column in columns:
         storage.write_bytes(f"{base}.{column}.parquet",
                             _parquet_bytes(hash_table(keys, images, column)))
@@ -321,6 +319,16 @@ def write_hash_columns(base: str, matched: pa.Table, columns: tuple[str, ...]) -
 def hash_url(out: str, name: str, column: str) -> str:
     """<out>/matches/<shard>.<sha256|phash>.parquet: a hash column of the match index."""
     return storage.join(out, "matches", f"{name}.{column}.parquet")
+
+
+def matched_images(out: str, sid: str) -> tuple[list[str], list[bytes | None]]:
+    """(keys, image bytes) of a shard's matched pairs, read by reference from the raw shard
+    (pipelines/refs.py): the match index holds no image bytes."""
+    st = storage.read_json(layout.stats_file(out, sid))
+    m = _read(layout.match_file(out, sid))
+    return (m.column("key").to_pylist(),
+            refs.read_images(st["shard"], st["kind"], m, st.get("identity"),
+                             st.get("image_column", "")))
 
 
 def _partition_sha(urls: list[tuple[str, str]], parts: int) -> list[pa.Table] | pa.Table:
@@ -389,7 +397,7 @@ def run(cfg: DictConfig, match_stats: list[dict[str, Any]]) -> dict[str, Any]:
     s = settings(cfg)
     out = str(c.out)
     ddir = storage.join(out, "dedup")
-    names = [shard_name(m["shard"]) for m in match_stats]
+    names = [m["id"] for m in match_stats]
     # only under a curation.out a curate run created (docs/operations.md, "Inputs are
     # read-only")
     owned.remove_owned(storage.join(ddir, "removed"), "curation.out", owner=out)
@@ -479,7 +487,7 @@ def run(cfg: DictConfig, match_stats: list[dict[str, Any]]) -> dict[str, Any]:
 
 def subtract_removed(out: str, counts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """counts minus what every removed row contributed (in place; returned for chaining)."""
-    from worldclip.pipelines.curate import sum_count_files
+    from worldclip.pipelines.curate.counts import sum_count_files
 
     urls = storage.glob(storage.join(out, "dedup", "removed", "*.counts.parquet"))
     if not urls:
@@ -535,9 +543,7 @@ def thumbnail_grid(out: str, examples: list[dict[str, Any]],
     cache: dict[str, dict[str, bytes]] = {}
     for i, ex in enumerate(examples):
         if ex["shard"] not in cache:
-            m = _read(storage.join(out, "matches", f"{ex['shard']}.parquet"), ["key", "image"])
-            cache[ex["shard"]] = dict(zip(m.column("key").to_pylist(),
-                                          m.column("image").to_pylist(), strict=True))
+            cache[ex["shard"]] = dict(zip(*matched_images(out, ex["shard"]), strict=True))
         y = 4 + i * (size + 4)
         for j, data in enumerate((cache[ex["shard"]].get(ex["key"]),
                                   samples.get(ex["eval_set"], {}).get(ex["eval_key"]))):

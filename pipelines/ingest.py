@@ -24,9 +24,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from worldclip.pipelines import balancing
+from worldclip.pipelines import balancing, dedup, layout, refs
+from worldclip.pipelines.arrowio import read_parquet
+from worldclip.pipelines.curate import balance
+from worldclip.pipelines.curate.sample import sample_shard
 from worldclip.pipelines.limits import DEFAULT_LIMITS, ReadLimits
 from worldclip.pipelines.shards import ShardResult, bounded_row_groups, open_parquet, parse_wds
 from worldclip.pipelines.transforms import BadImage, train_transform
@@ -38,7 +42,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Source:
-    """A curated dataset: offline shards (fixed sample) or an online index (redrawn)."""
+    """A curated dataset: offline shards (a fixed sample), or online -- redrawn every epoch --
+    either by reference (a balancing artifact over the match index: the images are read from
+    the raw shards) or a text-first index whose images `join` filled in."""
 
     url: str
     mode: str  # offline | online
@@ -46,32 +52,81 @@ class Source:
     # the curation's read limits, from its data card: a kept pair is re-read under the same
     # limits it passed (pipelines/limits.py)
     limits: ReadLimits = DEFAULT_LIMITS
+    balance: balance.Balance | None = None  # online by reference
 
     @classmethod
     def open(cls, url: str) -> Source:
+        b = balance.read(url)
+        if b is not None:
+            return cls(url, "online", tuple(layout.match_file(b.curation_out, s["id"])
+                                            for s in b.shards),
+                       ReadLimits.from_card({"limits": b.limits}), b)
         index = storage.glob(storage.join(url, "index", "*.parquet"))
         shards = storage.glob(storage.join(url, "shards", "*.tar"))
         if index and shards:
             raise ValueError(f"{url}: holds both index/ and shards/; point train.data at one "
                              "curated output")
         if not index and not shards:
-            raise FileNotFoundError(f"train.data={url}: no curated data (index/*.parquet or "
-                                    "shards/*.tar); run `worldclip curate` first")
+            raise FileNotFoundError(f"train.data={url}: no curated data (balance.json, "
+                                    "index/*.parquet or shards/*.tar); run `worldclip curate` "
+                                    "first")
         card_url = storage.join(url, "datacard.json")
         card = storage.read_json(card_url) if storage.exists(card_url) else None
         return cls(url, "online" if index else "offline", tuple(index or shards),
                    ReadLimits.from_card(card))
 
+    @functools.cached_property
+    def _shards(self) -> dict[str, dict[str, Any]]:
+        return {s["id"]: s for s in (self.balance.shards if self.balance else ())}
+
+    def shard_of(self, file: str) -> dict[str, Any]:
+        """The balancing artifact's record (raw url, kind, identity) of a match-index file."""
+        return self._shards[posixpath.basename(file)[: -len(".parquet")]]
+
     def captions(self, limit: int = 200_000) -> Iterator[str]:
         """Curated captions (for training a tokenizer on them)."""
         n = 0
         for f in self.files:
-            for row in read_rows(self.mode, f, self.limits):
-                for t in row["texts"] if not row.get("drop") else ():
-                    yield t
-                    n += 1
-                    if n >= limit:
-                        return
+            if self.balance is not None:  # the match index: texts only, no image read
+                texts = (t for row in read_parquet(f, ["texts"]).column("texts").to_pylist()
+                         for t in row)
+            else:
+                texts = (t for row in read_rows(self.mode, f, self.limits)
+                         if not row.get("drop") for t in row["texts"])
+            for t in texts:
+                yield t
+                n += 1
+                if n >= limit:
+                    return
+
+
+def draw_by_reference(source: Source, file: str, seed: int, epoch: int,
+                      images: bool = True) -> list[dict[str, Any]]:
+    """The epoch's draw of one match-index file: P per text on the fly from the balancing
+    artifact's entry probabilities, one text and a keep-coin per pair (the same function and
+    randomness as offline pass 2, so epoch 0 equals the offline sample), then the kept pairs'
+    images read by reference from the raw shard (pipelines/refs.py; a changed shard stops
+    the stream with StaleReference). images=False: keys and texts only (row counts)."""
+    b = source.balance
+    shard = source.shard_of(file)
+    table = read_parquet(file)
+    table, _ = dedup.apply_removed(table, b.curation_out, shard["id"])
+    chosen, keep, _ = sample_shard(table, b.probs(), b.seed, epoch)
+    idx = np.flatnonzero(keep)
+    kept = table.take(pa.array(idx, pa.int64()))
+    lengths = kept.column("ref_length").to_numpy(zero_copy_only=False)
+    too_big = np.nan_to_num(lengths.astype(np.float64)) > source.limits.max_record_bytes
+    imgs: list[bytes | None] = [None] * len(idx)
+    if images and len(idx):
+        readable = kept.filter(pa.array(~too_big))
+        it = iter(refs.read_images(shard["shard"], shard["kind"], readable,
+                                   shard.get("identity"), shard.get("image_column", "")))
+        imgs = [None if big else next(it) for big in too_big]
+    texts = kept.column("texts").to_pylist()
+    return [{"key": k, "image": img, "text": texts[r][int(chosen[j])],
+             "drop": "record_too_large" if too_big[r] else ""}
+            for r, (j, k, img) in enumerate(zip(idx.tolist(), kept.column("key").to_pylist(),
+                                                imgs, strict=True))]
 
 
 def read_rows(mode: str, url: str, limits: ReadLimits = DEFAULT_LIMITS
@@ -151,9 +206,13 @@ def worker_files(files: tuple[str, ...], seed: int, epoch: int, rank: int, world
 
 
 def _load_file(item: dict[str, Any], mode: str, seed: int, epoch: int,
-               limits: ReadLimits = DEFAULT_LIMITS) -> list[dict[str, Any]]:
+               limits: ReadLimits = DEFAULT_LIMITS, source: Source | None = None
+               ) -> list[dict[str, Any]]:
     """One file -> its rows of the epoch, shuffled (seeded), after `skip`."""
-    rows = redraw(read_rows(mode, item["url"], limits), mode, seed, epoch)
+    if source is not None and source.balance is not None:
+        rows = draw_by_reference(source, item["url"], seed, epoch)
+    else:
+        rows = redraw(read_rows(mode, item["url"], limits), mode, seed, epoch)
     if rows:
         u = balancing.uniform(seed, epoch, balancing.key_hash([r["key"] for r in rows]), 11)
         rows = [rows[i] for i in np.argsort(u, kind="stable")]
@@ -244,6 +303,8 @@ def file_row_counts(source: Source, files: list[str], seed: int, epoch: int) -> 
     for f in files:
         if source.mode == "offline":  # the curation's per-shard stats hold the kept count
             counts.append(offline[posixpath.basename(f)])
+        elif source.balance is not None:
+            counts.append(len(draw_by_reference(source, f, seed, epoch, images=False)))
         else:
             t = pq.read_table(io.BytesIO(storage.read_bytes(f)),
                               columns=["key", "entry_ids", "text_probs"])
@@ -311,15 +372,16 @@ def worker_stream(source: Source, tokenizer_dir: str, image_size: int, seed: int
     return ds.map_batches(_file_batch, batch_size=1, batch_format="numpy", num_cpus=num_cpus,
                           fn_kwargs={"mode": source.mode, "seed": seed, "epoch": epoch,
                                      "tokenizer_dir": tokenizer_dir, "image_size": image_size,
-                                     "scale_min": scale_min, "limits": source.limits})
+                                     "scale_min": scale_min, "limits": source.limits,
+                                     "source": source})
 
 
 def _file_batch(items: Any, mode: str, seed: int, epoch: int, tokenizer_dir: str,
-                image_size: int, scale_min: float, limits: ReadLimits = DEFAULT_LIMITS
-                ) -> dict[str, np.ndarray]:
+                image_size: int, scale_min: float, limits: ReadLimits = DEFAULT_LIMITS,
+                source: Source | None = None) -> dict[str, np.ndarray]:
     """One file item -> its preprocessed rows of the epoch (in order)."""
     item = {k: v[0] for k, v in items.items()}
-    rows = _load_file(item, mode, seed, epoch, limits)
+    rows = _load_file(item, mode, seed, epoch, limits, source)
     batch = {k: np.asarray([r[k] for r in rows], dtype=object)
              for k in ("key", "image", "text", "drop")}
     batch["pos"] = np.asarray([r["pos"] for r in rows], dtype=np.int64)

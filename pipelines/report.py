@@ -32,7 +32,8 @@ def plot_curation(card: dict[str, Any], counts: dict[str, np.ndarray], threshold
     x = np.arange(len(langs))
     ax.bar(x - 0.27, before, 0.27, label="pairs in (with a caption)")
     ax.bar(x, matched, 0.27, label="matched pairs")
-    ax.bar(x + 0.27, after, 0.27, label="kept pairs (balanced)")
+    if None not in after:  # online: drawn per epoch by the training stream, not here
+        ax.bar(x + 0.27, after, 0.27, label="kept pairs (balanced)")
     ax.set_xticks(x, langs, rotation=45)
     ax.set_yscale("log")
     ax.set_ylabel("pairs, by first caption's language")

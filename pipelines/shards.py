@@ -67,6 +67,12 @@ def looks_like_image(data: bytes | None) -> bool:
     return image_ext(data) is not None
 
 
+# Where a record's image lives in its raw shard: (member name, byte offset of the member's
+# data, its length, parquet row group, parquet row); None where it does not apply
+# (pipelines/refs.py reads it back, docs/curation.md "Match index by reference").
+Ref = tuple[str | None, int | None, int | None, int | None, int | None]
+
+
 @dataclass
 class ShardResult:
     records: list[dict[str, Any]] = field(default_factory=list)
@@ -75,6 +81,11 @@ class ShardResult:
     keys: set[str] = field(default_factory=set, repr=False)  # keys of records, for duplicates
     duplicate_keys: int = 0
     replaced_keys: int = 0
+    # how the image bytes of a record are found again in the raw shard (pipelines/refs.py):
+    # tar (uncompressed: byte ranges), tar_stream (compressed tar: offsets in the decompressed
+    # stream), parquet (row group + row), files (img2dataset folder: one file per member)
+    kind: str = ""
+    image_column: str = ""  # parquet: the column holding the images
 
     @property
     def pairs_in(self) -> int:
@@ -139,7 +150,7 @@ def download_failed(meta: dict[str, Any]) -> bool:
 
 
 def _finish(res: ShardResult, key: str, image: bytes | None, texts: list[str],
-            meta: dict[str, Any], caption: str | None = None) -> None:
+            meta: dict[str, Any], caption: str | None = None, ref: Ref | None = None) -> None:
     if download_failed(meta):
         res.drops["download_failed"] += 1
         return
@@ -159,7 +170,7 @@ def _finish(res: ShardResult, key: str, image: bytes | None, texts: list[str],
     meta_json = json.dumps(meta, ensure_ascii=False, default=str)
     meta_json = meta_json.encode("utf-8", "replace").decode("utf-8")
     res.records.append({"key": key, "image": image, "texts": texts, "caption": caption,
-                        "meta": meta_json})
+                        "meta": meta_json, "ref": ref})
 
 
 def _report_keys(res: ShardResult, shard: str) -> None:
@@ -209,11 +220,11 @@ def parse_wds(data: bytes | Any, shard: str, limits: ReadLimits = DEFAULT_LIMITS
     counted corrupt and the shard error is reported. tarfile itself stops silently at a
     damaged or missing header after the first one, so the end-of-archive marker is checked.
     """
-    res = ShardResult()
-    groups: list[tuple[str, dict[str, bytes]]] = []  # (key, ext -> bytes), in tar order
+    res = ShardResult(kind="tar")
+    groups: list[tuple[str, dict[str, Any]]] = []  # (key, ext -> bytes), in tar order
     latest: dict[str, int] = {}  # key -> index of its latest group
 
-    def group_of(key: str, ext: str) -> dict[str, bytes]:
+    def group_of(key: str, ext: str) -> dict[str, Any]:
         i = latest.get(key)
         if i is None or ext in groups[i][1]:  # a repeated member starts a new (duplicate) pair
             latest[key] = i = len(groups)
@@ -223,6 +234,8 @@ def parse_wds(data: bytes | Any, shard: str, limits: ReadLimits = DEFAULT_LIMITS
     budget = ShardBudget(limits)
     budget_noted = [False]
     src = io.BytesIO(data) if isinstance(data, bytes | bytearray | memoryview) else data
+    if is_compressed(src):  # offsets are in the decompressed stream: no byte-range reads
+        res.kind = "tar_stream"
     try:
         with tarfile.open(fileobj=src, mode="r:*") as tar:
             for m in tar:
@@ -253,6 +266,7 @@ def parse_wds(data: bytes | Any, shard: str, limits: ReadLimits = DEFAULT_LIMITS
                 g = group_of(key, ext.lower())  # first: a failed read marks this group
                 f = tar.extractfile(m)  # reads the member's bytes; nothing touches the disk
                 g[ext.lower()] = f.read() if f else b""
+                g[f"__ref__.{ext.lower()}"] = (m.name, m.offset_data, m.size, None, None)
             tar.fileobj.seek(tar.offset)
             if tar.fileobj.read(tarfile.BLOCKSIZE) != tarfile.NUL * tarfile.BLOCKSIZE:
                 raise tarfile.ReadError(f"no valid tar header or end-of-archive marker at byte "
@@ -270,7 +284,15 @@ def parse_wds(data: bytes | Any, shard: str, limits: ReadLimits = DEFAULT_LIMITS
     return res
 
 
-def _pairs_from_groups(res: ShardResult, groups: list[tuple[str, dict[str, bytes]]]) -> None:
+def is_compressed(f: Any) -> bool:
+    """gzip/bzip2/xz magic at the start of a seekable binary file (position restored)."""
+    pos = f.tell()
+    head = f.read(6)
+    f.seek(pos)
+    return head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ"))
+
+
+def _pairs_from_groups(res: ShardResult, groups: list[tuple[str, dict[str, Any]]]) -> None:
     """(key, {extension: bytes}) groups of a tar or a files folder -> counted pairs."""
     for key, g in groups:
         if key.startswith("unsafe:") or "__partial__" in g:
@@ -280,7 +302,8 @@ def _pairs_from_groups(res: ShardResult, groups: list[tuple[str, dict[str, bytes
         if over or "__oversize__" in g:  # __oversize__: a files-folder file over the limit
             res.drops[over or RECORD_TOO_LARGE] += 1
             continue
-        image = next((g[e] for e in IMAGE_EXTS if e in g), None)
+        ext = next((e for e in IMAGE_EXTS if e in g), None)
+        image = g[ext] if ext else None
         meta: dict[str, Any] = {}
         if "json" in g:
             try:
@@ -298,7 +321,8 @@ def _pairs_from_groups(res: ShardResult, groups: list[tuple[str, dict[str, bytes
         if final is None:  # e.g. a member named ".jpg": no key to write it under
             res.drops["corrupt_record"] += 1
             continue
-        _finish(res, final, image, texts, meta, txt[0] if txt else None)
+        _finish(res, final, image, texts, meta, txt[0] if txt else None,
+                g.get(f"__ref__.{ext}"))
 
 
 def parquet_image_column(columns: set[str] | list[str]) -> str | None:
@@ -307,7 +331,7 @@ def parquet_image_column(columns: set[str] | list[str]) -> str | None:
     return next((c for c in PARQUET_IMAGE_COLUMNS if c in set(columns)), None)
 
 
-def _image_bytes(value: Any) -> bytes | None:
+def image_bytes(value: Any) -> bytes | None:
     """Binary cell, or the `bytes` of a Hugging Face datasets Image struct {bytes, path}."""
     if isinstance(value, dict):
         value = value.get("bytes")
@@ -461,15 +485,19 @@ def parse_parquet(data: bytes | Any, shard: str, limits: ReadLimits = DEFAULT_LI
             f"(txt/{'/'.join(TEXT_FIELDS)}); its pairs count no_text (img2dataset without "
             "--caption_col?)")
     prefix = shard_name(shard).replace(".", "_")  # no dots: WebDataset splits keys at the first
+    res.kind, res.image_column = "parquet", image_col
+    starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows
+                              for g in range(pf.metadata.num_row_groups)])
     for rows, table in bounded_row_groups(pf, shard, res, limits):
         for i, row in zip(rows.tolist(), table.to_pylist(), strict=True):
-            _parquet_pair(res, row, i, prefix, image_col)
+            rg = int(np.searchsorted(starts, i, side="right") - 1)
+            _parquet_pair(res, row, i, prefix, image_col, (None, None, None, rg, i))
         del table
     _report_keys(res, shard)
     return res
 
 def _parquet_pair(res: ShardResult, row: dict[str, Any], i: int, prefix: str,
-                  image_col: str) -> None:
+                  image_col: str, ref: Ref | None = None) -> None:
     """One Parquet row -> a counted pair."""
     key = safe_key(row.get("key"))
     if key is None and row.get("key") is not None:
@@ -477,8 +505,8 @@ def _parquet_pair(res: ShardResult, row: dict[str, Any], i: int, prefix: str,
     key = key or f"{prefix}_{i:06d}"
     txt = clean_texts(row.get("txt"))
     meta = {k: v for k, v in row.items() if k != image_col}
-    _finish(res, key, _image_bytes(row.get(image_col)), pair_texts(txt, meta), meta,
-            txt[0] if txt else None)
+    _finish(res, key, image_bytes(row.get(image_col)), pair_texts(txt, meta), meta,
+            txt[0] if txt else None, ref)
 
 
 # Text-only shards (docs/curation.md, "Text-first curation from Common Crawl"): an image URL
@@ -505,7 +533,7 @@ def parse_text_only(table: pa.Table, shard: str) -> ShardResult:
     Texts are the text columns in order (alt, title, data-image-title for `wat` shards), exact
     duplicates removed: alt == title is common and must not count twice in matching. A row
     without an http(s) URL is a corrupt_record (nothing could ever be downloaded for it)."""
-    res = ShardResult()
+    res = ShardResult(kind="text")
     cols = set(table.column_names)
     text_cols = [c for c in TEXT_ONLY_TEXT_FIELDS if c in cols]
     prefix = shard_name(shard).replace(".", "_")
@@ -578,8 +606,8 @@ def read_folder(url: str, limits: ReadLimits = DEFAULT_LIMITS) -> dict[str, byte
 def parse_files(files: dict[str, bytes | None], shard: str) -> ShardResult:
     """An img2dataset `files` shard folder (KEY.jpg, KEY.txt, KEY.json side by side): the same
     pairs, and the same accounting, as the tar holding those members."""
-    res = ShardResult()
-    groups: dict[str, dict[str, bytes]] = {}
+    res = ShardResult(kind="files")
+    groups: dict[str, dict[str, Any]] = {}
     for name, data in files.items():
         stem, _, ext = name.partition(".")
         g = groups.setdefault(stem, {})
@@ -589,6 +617,7 @@ def parse_files(files: dict[str, bytes | None], shard: str) -> ShardResult:
             g["__oversize__"] = b""
         else:
             g[ext.lower()] = data
+            g[f"__ref__.{ext.lower()}"] = (name, 0, len(data), None, None)
     _pairs_from_groups(res, list(groups.items()))
     _report_keys(res, shard)
     return res

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import make_config
 
-from worldclip.pipelines import curate, world
+from worldclip.pipelines import curate, ingest, world
 from worldclip.pipelines.metadata import MetadataError, MetadataStore, parse_entries
 from worldclip.platform import storage
 
@@ -91,12 +91,23 @@ def test_online_index_and_ablation_modes(small_world, tmp_path):
     root = small_world["root"]
     cfg = make_config(root, "curation.mode=online", f"curation.balanced_out={tmp_path}/online")
     s = curate.run_rebalance(cfg)
-    assert s["kept"] == small_world["summary"]["kept"]  # epoch-0 draw equals offline
-    t = pq.read_table(io.BytesIO(storage.read_bytes(
-        storage.glob(f"{tmp_path}/online/index/*.parquet")[0])))
-    assert {"key", "image", "texts", "langs", "entry_ids", "text_probs"} <= set(t.column_names)
-    probs = [p for row in t.column("text_probs").to_pylist() for p in row]
-    assert all(0.0 <= p <= 1.0 for p in probs) and max(probs) > 0
+    # online by reference: the balancing artifact only, nothing per pair is drawn or written
+    assert s["kept"] is None and s["indexed"] == sum(
+        st["matched"] for st in map(storage.read_json, storage.glob(
+            f"{cfg.curation.out}/matches/*.stats.json")))
+    assert not storage.glob(f"{tmp_path}/online/index/*") and not storage.glob(
+        f"{tmp_path}/online/shards/*")
+    src = ingest.Source.open(f"{tmp_path}/online")
+    assert src.mode == "online" and src.balance is not None
+    # the stream's epoch-0 draw equals the offline sample, pair for pair in number
+    counts = ingest.file_row_counts(src, list(src.files), cfg.curation.seed, 0)
+    assert sum(counts) == small_world["summary"]["kept"]
+    probs = src.balance.probs()
+    sizes = {g: len(v) for g, v in curate.load_counts(
+        storage.join(cfg.curation.out, "counts.npz")).items()}
+    assert {g: len(v) for g, v in probs.items()} == {g: n for g, n in sizes.items()
+                                                     if g in src.balance.t_lang}
+    assert all(((0.0 <= v) & (v <= 1.0)).all() for v in probs.values())
     # one t for all languages: every language uses t_en
     single = curate.run_rebalance(make_config(root, "curation.threshold_mode=single",
                                               f"curation.balanced_out={tmp_path}/single"))
@@ -104,7 +115,7 @@ def test_online_index_and_ablation_modes(small_world, tmp_path):
     # unbalanced: every matched pair kept
     none = curate.run_rebalance(make_config(root, "curation.threshold_mode=none",
                                             f"curation.balanced_out={tmp_path}/none"))
-    assert none["dropped"]["sampled_out"] == 0 and none["kept"] > s["kept"]
+    assert none["dropped"]["sampled_out"] == 0 and none["kept"] > small_world["summary"]["kept"]
 
 
 @pytest.mark.slow

@@ -1,0 +1,82 @@
+"""Every file a curation writes, named in one place (docs/curation.md, "On-disk layout").
+
+curation.out (match once; by reference, no image bytes):
+    manifest.json                  the shards the last run covered: id -> url, identity, key
+    counts.npz                     global uint64 counts per language over exactly those shards
+    matches/<id>.parquet           matched pairs: key, texts, langs, entry_ids, image reference
+    matches/<id>.counts.parquet    sparse per-language entry counts of the shard
+    matches/<id>.<col>.parquet     sha256 / phash of the matched images (pipelines/dedup.py)
+    matches/<id>.stats.json        accounting + the key it was made with; written last
+    dedup/...                      pipelines/dedup.py
+    _LEASE.json                    one writer at a time (platform/lease.py)
+
+curation.balanced_out (rebalance many):
+    balance.json                   online: the balancing artifact (t_lang, seed, versions, the
+    balance-<version>.npz            shards), and its per-language entry probabilities
+    shards/<id>.tar                offline: kept pairs as WebDataset (<id>-00001.tar ... when
+                                     curation.pairs/bytes_per_output_shard split them)
+    stats/<id>.json                offline: accounting of the shard
+    kept/<id>.parquet              text-first: kept pairs to download (pipelines/join.py)
+    index/<id>.parquet             text-first after `join`: pairs with downloaded images
+    datacard.json, plots/*.png, config.yaml, thresholds.json
+
+A shard's id is its file name (without extension) plus a hash of its full URL: two inputs
+`a/x.tar` and `b/x.tar`, or `x.tar` and `x.counts.tar`, can never write each other's files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from worldclip.pipelines.shards import shard_name
+from worldclip.platform import storage
+
+MANIFEST = "manifest.json"
+COUNTS = "counts.npz"
+BALANCE = "balance.json"
+
+
+def shard_id(url: str) -> str:
+    """<name>.<10 hex of sha1(url)>: ids end in the hash, so no id plus one of the suffixes
+    below equals another id plus another suffix."""
+    return f"{shard_name(url)}.{hashlib.sha1(url.encode('utf-8')).hexdigest()[:10]}"
+
+
+def matches_dir(out: str) -> str:
+    return storage.join(out, "matches")
+
+
+def match_file(out: str, sid: str) -> str:
+    return storage.join(out, "matches", f"{sid}.parquet")
+
+
+def counts_file(out: str, sid: str) -> str:
+    return storage.join(out, "matches", f"{sid}.counts.parquet")
+
+
+def stats_file(out: str, sid: str) -> str:
+    return storage.join(out, "matches", f"{sid}.stats.json")
+
+
+def manifest_file(out: str) -> str:
+    return storage.join(out, MANIFEST)
+
+
+def global_counts(out: str) -> str:
+    return storage.join(out, COUNTS)
+
+
+def balance_file(balanced_out: str) -> str:
+    return storage.join(balanced_out, BALANCE)
+
+
+def balance_probs(balanced_out: str, version: str) -> str:
+    return storage.join(balanced_out, f"balance-{version}.npz")
+
+
+def sample_stats(balanced_out: str, sid: str) -> str:
+    return storage.join(balanced_out, "stats", f"{sid}.json")
+
+
+def sample_tar(balanced_out: str, sid: str) -> str:
+    return storage.join(balanced_out, "shards", f"{sid}.tar")

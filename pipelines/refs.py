@@ -18,9 +18,8 @@ the recorded offsets are not the image that was matched (StaleReference).
 
 from __future__ import annotations
 
-import bz2
-import gzip
-import lzma
+import io
+import tarfile
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -69,14 +68,19 @@ def ref_columns(refs: Sequence[tuple | None]) -> dict[str, pa.Array]:
     return {f.name: pa.array(list(c), f.type) for f, c in zip(REF_FIELDS, cols, strict=True)}
 
 
-def _decompress(data: bytes) -> bytes:
-    if data.startswith(b"\x1f\x8b"):
-        return gzip.decompress(data)
-    if data.startswith(b"BZh"):
-        return bz2.decompress(data)
-    if data.startswith(b"\xfd7zXZ"):
-        return lzma.decompress(data)
-    return data
+def _stream_slices(data: bytes, ranges: list[tuple[int, int]]) -> list[bytes]:
+    """Byte ranges of a compressed tar's decompressed stream, read the way pass 1 read it
+    (tarfile's own decompressing file object, forward only): damage after the last wanted
+    member -- which pass 1 reported but did not count against these pairs -- is never
+    decoded."""
+    out: dict[int, bytes] = {}
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+        f = tar.fileobj
+        for i in sorted(range(len(ranges)), key=lambda i: ranges[i][0]):
+            off, length = ranges[i]
+            f.seek(off)
+            out[i] = f.read(length)
+    return [out[i] for i in range(len(ranges))]
 
 
 def read_images(url: str, kind: str, table: pa.Table, identity: dict[str, Any] | None,
@@ -94,8 +98,8 @@ def read_images(url: str, kind: str, table: pa.Table, identity: dict[str, Any] |
         ranges = [(int(o), int(sz)) for o, sz in zip(off, length, strict=True)]
         return list(storage.read_ranges(url, ranges, size=int(identity["size"])))
     if kind == "tar_stream":
-        data = _decompress(storage.read_bytes(url))
-        return [data[int(o): int(o) + int(sz)] for o, sz in zip(off, length, strict=True)]
+        return _stream_slices(storage.read_bytes(url), [(int(o), int(sz)) for o, sz in
+                                                        zip(off, length, strict=True)])
     if kind == "files":
         return [storage.read_bytes(storage.join(url, m)) for m in member]
     if kind == "parquet":

@@ -73,8 +73,12 @@ class CurationConfig:
     p: float | None = 0.06
     # per_language (MetaCLIP 2) | single (one t for all, ablation) | none (unbalanced)
     threshold_mode: str = "per_language"
+    # A floor for the derived per-language thresholds (0 = none, the reference behaviour).
+    # On a small pool p can give a language t = 0, dropping all of it; a floor of 1 keeps
+    # its rarest entries (docs/curation.md, "Small languages").
+    min_t_lang: float = 0.0
     merged_metadata: bool = False  # ablation: one metadata list for all languages
-    mode: str = "offline"  # offline (write curated shards) | online (write index)
+    mode: str = "offline"  # offline (write curated shards) | online (balancing artifact)
     seed: int = 0
     batch_size: int = 512
     concurrency: int = 2

@@ -21,6 +21,7 @@ from badinput import PASS1_REASONS, BadShard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from worldclip.pipelines import refs
 from worldclip.pipelines.curate import MATCH_SCHEMA, ShardMatcher
 from worldclip.pipelines.matching import Matcher, brute_force_match
 from worldclip.pipelines.metadata import MetadataError, MetadataStore, parse_entries
@@ -86,10 +87,11 @@ def test_records_survive_arrow_and_json_round_trip() -> None:
     """Lone surrogates and odd pass-through fields must not break the pass-1 Parquet write."""
     for s in CORPUS:
         recs = _parse(s).records
-        cols = {"key": [r["key"] for r in recs], "image": [r["image"] for r in recs],
+        cols = {"key": [r["key"] for r in recs],
                 "url": [r.get("url") for r in recs], "texts": [r["texts"] for r in recs],
                 "langs": [[] for _ in recs],
-                "entry_ids": [[] for _ in recs], "meta": [r["meta"] for r in recs]}
+                "entry_ids": [[] for _ in recs], "meta": [r["meta"] for r in recs],
+                **refs.ref_columns([r.get("ref") for r in recs])}
         pa.Table.from_pydict(cols, schema=MATCH_SCHEMA)  # raises on non-UTF-8 strings
         for r in recs:
             assert isinstance(json.loads(r["meta"]), dict)
@@ -336,7 +338,8 @@ def _utf8(t: str) -> bool:
 # ---------------------------------------------------------------- end to end on Ray
 
 def _stats(out: str, shard: BadShard) -> dict:
-    return storage.read_json(storage.join(out, "matches", f"{shard_name(shard.name)}.stats.json"))
+    (url,) = storage.glob(storage.join(out, "matches", f"{shard_name(shard.name)}.*.stats.json"))
+    return storage.read_json(url)
 
 
 def _curated_members(balanced: str) -> dict[str, dict]:
@@ -414,7 +417,9 @@ def test_curation_over_world_plus_bad_input(ray_session, tmp_path: Path) -> None
         assert not inner.startswith("/") and ".." not in inner.split("/"), name
     bad_names = {shard_name(s.name) for s in bad}
     for name, meta in members.items():
-        if name.split("/", 1)[0][: -len(".tar")] in bad_names and name.endswith(".json"):
+        # curated tars are named <shard id>.tar, the id being <shard name>.<url hash>
+        tar_id = name.split("/", 1)[0][: -len(".tar")]
+        if tar_id.rsplit(".", 1)[0] in bad_names and name.endswith(".json"):
             assert meta["lang"] == "en" and "photo" in members[name[: -len(".json")] + ".txt"]
     for path in ("/etc/abs0.jpg", "/tmp/worldclip-evil", "/tmp/dotdot2.jpg"):
         assert not os.path.exists(path)

@@ -147,6 +147,18 @@ def test_zero_threshold_language_is_reported() -> None:
     assert result.zero_threshold_languages == ["mt"]
 
 
+def test_min_t_lang_floors_derived_thresholds_only() -> None:
+    # curation.min_t_lang: the small language keeps its rarest entries (t = 1: P = 1/5 for an
+    # entry seen 5 times), English keeps t_en exactly, thresholds above the floor are untouched
+    counts = {"en": COUNTS, "mt": np.array([0, 0, 5]), "de": COUNTS}
+    plain = derive_thresholds(counts, p=0.06)
+    floored = derive_thresholds(counts, p=0.06, min_t=1.0)
+    assert floored.t_lang["mt"] == 1.0 and floored.zero_threshold_languages == []
+    assert floored.t_lang["en"] == plain.t_lang["en"]
+    assert floored.t_lang["de"] == max(plain.t_lang["de"], 1.0)
+    assert derive_thresholds(counts, t_en=3.0, mode="single", min_t=10.0).t_lang["mt"] == 3.0
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

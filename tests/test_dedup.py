@@ -17,8 +17,14 @@ from conftest import make_config
 from eval_fixtures import photo_jpeg, write_xm3600
 from PIL import Image
 
-from worldclip.pipelines import curate, dedup, world
+from worldclip.pipelines import curate, dedup, layout, world
 from worldclip.platform import storage
+
+
+def _sid(out: str, name: str) -> str:
+    """The id (pipelines/layout.py) under which curation wrote the shard called `name`."""
+    (stats,) = storage.glob(storage.join(out, "matches", f"{name}.*.stats.json"))
+    return storage.read_json(stats)["id"]
 
 
 def test_exact_duplicates_keep_smallest_shard_key():
@@ -139,7 +145,7 @@ def test_planted_duplicates_and_eval_copies_dropped_nothing_else(tmp_path, ray_s
                records)
     curate.run(cfg)
     out = cfg.curation.out
-    matched = set(pq.read_table(storage.join(out, "matches", "shard-00900.parquet"))
+    matched = set(pq.read_table(layout.match_file(out, _sid(out, "shard-00900")))
                   .column("key").to_pylist())
     assert len(matched & set(planted)) >= 20, "planted captions should match"
     removed = _removed(out)
@@ -158,23 +164,23 @@ def test_planted_duplicates_and_eval_copies_dropped_nothing_else(tmp_path, ray_s
     assert storage.read_bytes(card["dedup"]["examples_png"])[:4] == b"\x89PNG"
     # counts are over distinct, clean images: the planted shard adds nothing to them
     counts = curate.load_counts(storage.join(out, "counts.npz"))
-    added = pq.read_table(storage.join(out, "matches", "shard-00900.counts.parquet"))
+    added = pq.read_table(layout.counts_file(out, _sid(out, "shard-00900")))
     removed_c = pq.read_table(storage.join(out, "dedup", "removed",
-                                           "shard-00900.counts.parquet"))
+                                           f"{_sid(out, 'shard-00900')}.counts.parquet"))
     assert added.column("count").to_pylist() and sorted(
         zip(*(added.column(x).to_pylist() for x in ("lang", "entry_id", "count")))) == sorted(
         zip(*(removed_c.column(x).to_pylist() for x in ("lang", "entry_id", "count"))))
     assert all(int(v.sum()) >= 0 for v in counts.values())
 
     # incremental: a new shard with one more copy; old shards are not hashed again
-    sha_file = dedup.hash_url(out, "shard-00000", "sha256")
+    sha_file = dedup.hash_url(out, _sid(out, "shard-00000"), "sha256")
     before = os.path.getmtime(storage.strip_scheme(sha_file))
     _write_tar(os.path.join(os.path.dirname(storage.strip_scheme(raw[0])), "shard-00901.tar"),
                [("late_copy", {"jpg": donors[0][1]["jpg"],
                                "json": _meta(donors[0][1], "late_copy")})])
     curate.run(cfg)
     removed2 = _removed(out)
-    if "late_copy" in set(pq.read_table(storage.join(out, "matches", "shard-00901.parquet"))
+    if "late_copy" in set(pq.read_table(layout.match_file(out, _sid(out, "shard-00901")))
                           .column("key").to_pylist()):
         assert removed2["late_copy"] == "duplicate_image"
     assert {k: v for k, v in removed2.items() if k != "late_copy"} == removed

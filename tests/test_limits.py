@@ -203,13 +203,3 @@ def test_epoch_account_places_every_kept_pair_once() -> None:
     with pytest.raises(accounting.AccountingError, match="unknown ingest drop"):
         accounting.ingest_epoch_account(0, 10, 8, 7, {"gone": 1}, 0)
 
-
-def test_match_table_images_are_built_in_chunks_and_released() -> None:
-    from worldclip.pipelines.curate import binary_chunks
-
-    values = [bytes([i]) * 300 for i in range(10)] + [None]
-    want = list(values)
-    col = binary_chunks(values, chunk_bytes=1000)
-    assert col.to_pylist() == want and col.num_chunks == 4  # 3 + 3 + 3 values (900 B), 2
-    assert values == [None] * 11  # in Arrow now: the Python copies are gone
-    assert binary_chunks([]).to_pylist() == []

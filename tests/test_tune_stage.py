@@ -88,7 +88,7 @@ def test_sweep_killed_after_first_trial_then_restored(small_world, ray_session, 
     match_files = sorted(curated.glob("matches/*")) + [curated / "counts.npz"]
     mtimes = {f: f.stat().st_mtime_ns for f in match_files}
     tok = str(tmp_path / "tokenizer")
-    _fixed_tokenizer(tok, list(matched_captions(str(curated / "matches"))))
+    _fixed_tokenizer(tok, list(matched_captions(str(curated))))
     tune_out = tmp_path / "tune"
     overrides = [*TUNE, f"tune.out={tune_out}", f"train.tokenizer={tok}"]
 

@@ -179,7 +179,7 @@ def thresholds_from_counts(cfg: DictConfig, counts: dict[str, np.ndarray]
     english = MERGED if c.merged_metadata else "en"
     thr = balancing.derive_thresholds(counts, t_en=c.t_en, p=c.p, mode=c.threshold_mode,
                                       english=english,
-                                      min_t=float(c.get("min_t_lang", 0) or 0))
+                                      min_t=float(c.min_t_lang))
     if thr.zero_threshold_languages:
         log.warning("balancing: t_lang = 0 for %s -- every pair of these languages is dropped "
                     "(a small pool: p is below their smallest cumulative share). Set "

@@ -22,15 +22,15 @@ Outputs under tune.out (the per-trial folders: tune/paths.py):
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from collections.abc import Iterator
 from typing import Any
 
-import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
+from worldclip.pipelines import layout
+from worldclip.pipelines.arrowio import read_parquet
 from worldclip.pipelines.tune import ray_compat
 from worldclip.pipelines.tune.results import (
     best_curation_yaml,
@@ -52,8 +52,8 @@ def ensure_matches(cfg: DictConfig) -> bool:
     from worldclip.pipelines import curate
 
     c = cfg.curation
-    if storage.exists(storage.join(c.out, "counts.npz")) and storage.glob(
-            storage.join(c.out, "matches", "*.stats.json")):
+    if storage.exists(layout.global_counts(c.out)) and storage.exists(
+            layout.manifest_file(c.out)):
         log.info("reusing matches and counts in %s (no matching)", c.out)
         return False
     log.info("no matches/counts in %s: running curation once before the sweep", c.out)
@@ -61,14 +61,12 @@ def ensure_matches(cfg: DictConfig) -> bool:
     return True
 
 
-def matched_captions(match_dir: str, limit: int = 200_000) -> Iterator[str]:
-    """Captions of every matched pair (all languages, before any threshold): the match
-    table <shard>.parquet of each finished shard (its <shard>.stats.json, written last), not
-    the other tables beside it (counts, dedup hashes)."""
+def matched_captions(out: str, limit: int = 200_000) -> Iterator[str]:
+    """Captions of every matched pair (all languages, before any threshold) of the shards
+    the last curate run covered (its manifest.json; pipelines/layout.py)."""
     n = 0
-    for done in storage.glob(storage.join(match_dir, "*.stats.json")):
-        u = done[: -len(".stats.json")] + ".parquet"
-        t = pq.read_table(io.BytesIO(storage.read_bytes(u)), columns=["texts"])
+    for sid in storage.read_json(layout.manifest_file(out))["shards"]:
+        t = read_parquet(layout.match_file(out, sid), ["texts"])
         for texts in t.column("texts").to_pylist():
             for s in texts:
                 yield s
@@ -83,7 +81,7 @@ def shared_tokenizer(cfg: DictConfig) -> str:
     from worldclip.pipelines.train import prepare_tokenizer
 
     url, _ = prepare_tokenizer(
-        cfg, captions=matched_captions(storage.join(cfg.curation.out, "matches")),
+        cfg, captions=matched_captions(cfg.curation.out),
         url=storage.join(cfg.tune.out, "tokenizer"))
     return url
 

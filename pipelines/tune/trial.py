@@ -38,6 +38,9 @@ def trial_config(base: dict[str, Any], params: dict[str, Any], trial_dir: str,
         c.t_en, c.p = float(params["t_en"]), None
     c.threshold_mode = params.get("threshold_mode", c.threshold_mode)
     c.balanced_out = storage.join(trial_dir, "data")
+    # a trial is a new balancing artifact and nothing else: the proxy training streams the
+    # stored match index by reference (docs/curation.md, "Balancing artifact")
+    c.mode = "online"
     t.data = c.balanced_out
     t.out, t.name = trial_dir, "proxy"
     t.tokenizer = tokenizer
@@ -110,7 +113,7 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], tokenizer: str) -> N
     import ray
     from ray import tune
 
-    from worldclip.pipelines import curate, train
+    from worldclip.pipelines import curate, ingest, train
     from worldclip.pipelines.tune.ray_compat import placement_group_recorder
 
     trial_id = tune.get_context().get_trial_id()
@@ -132,7 +135,9 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], tokenizer: str) -> N
     owned.remove_owned(train.run_dir(cfg), "tune.out", owner=tdir)
     storage.write_json(storage.join(tdir, "params.json"), {"trial_id": trial_id, **params})
     ray.data.DataContext.get_current().enable_progress_bars = False  # Tune shows progress
-    summary = curate.run_rebalance(cfg)  # re-sample only: matching never runs in a trial
+    summary = curate.run_rebalance(cfg)  # the balancing artifact only: no matching, no images
+    src = ingest.Source.open(cfg.train.data)
+    summary["kept"] = sum(ingest.file_row_counts(src, list(src.files), cfg.train.seed, 0))
     cfg.train.epochs = epochs_for_budget(cfg)
     extra = {"kept": summary["kept"], "derived_t_en": summary["t_en"],
              "derived_p": summary["p"]}

@@ -91,7 +91,7 @@ def build_step(engine_kind: str, opts: dict[str, Any], rank: int, world: int,
     if engine_kind == "zero2":
         import deepspeed
 
-        from worldclip.pipelines.train import deepspeed_config, skip_cpu_shm_op
+        from worldclip.pipelines.train.engine import deepspeed_config, skip_cpu_shm_op
 
         skip_cpu_shm_op()
         tc = {"zero_stage": 2, "offload": False, "use_gpu": False, "precision": "fp32",

@@ -111,7 +111,7 @@ def build_engine(args: argparse.Namespace, config: Any, gpu: bool) -> tuple[Any,
     if args.engine == "deepspeed":
         import deepspeed
 
-        from worldclip.pipelines.train import deepspeed_config, skip_cpu_shm_op
+        from worldclip.pipelines.train.engine import deepspeed_config, skip_cpu_shm_op
 
         if not gpu:  # the shm comm op (~33 s compile) is never used by gloo
             skip_cpu_shm_op()

@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from eval_fixtures import write_clip_benchmark_wds, write_xm3600  # noqa: E402
 
-from worldclip.pipelines.evaluate import load_eval_set  # noqa: E402
+from worldclip.pipelines.evaluate.evalsets import load_eval_set  # noqa: E402
 
 
 def main() -> None:

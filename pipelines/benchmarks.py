@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from worldclip.pipelines.evaluate.evalsets import load_eval_set
+from worldclip.pipelines.evaluate.templates import DEFAULT_TEMPLATES, FALLBACK_TEMPLATES
 from worldclip.platform import storage
 from worldclip.platform.config import ConfigError
 
@@ -156,8 +158,6 @@ def _image_folder(url: str) -> tuple[list[str], list[str]]:
 
 
 def load_babel_imagenet(spec: dict[str, Any], languages: list[str] | None = None) -> Benchmark:
-    from worldclip.pipelines.evaluate import DEFAULT_TEMPLATES, FALLBACK_TEMPLATES
-
     url = spec["url"]
     folders, files = _image_folder(url)
     if not files:
@@ -250,8 +250,6 @@ def load_wds(spec: dict[str, Any], languages: list[str] | None = None) -> Benchm
 
 
 def load_embedded(spec: dict[str, Any], languages: list[str] | None = None) -> Benchmark:
-    from worldclip.pipelines.evaluate import load_eval_set
-
     es = load_eval_set(spec["url"])
     langs = _langs(es.languages, languages or spec.get("languages"), spec["name"])
     b = Benchmark(spec["name"], "embedded", list(es.keys), list(es.images))

@@ -16,8 +16,15 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from worldclip.pipelines import curate, evaluate, train, world
+from worldclip.pipelines import curate, world
+from worldclip.pipelines.checkpoint_io import latest_checkpoint
+from worldclip.pipelines.evaluate.evalsets import load_eval_set
+from worldclip.pipelines.evaluate.metrics import head_tail_accuracy
+from worldclip.pipelines.evaluate.model import load_model
+from worldclip.pipelines.evaluate.scoring import evaluate_model
+from worldclip.pipelines.evaluate.stage import plot_top1
 from worldclip.pipelines.report import plt, save_figure
+from worldclip.pipelines.train import stage as train_stage
 from worldclip.platform import storage
 from worldclip.platform.config import load_config, save_config
 
@@ -68,7 +75,7 @@ def accuracy_summary(metrics: dict[str, Any], counts: list[float]) -> dict[str, 
     """Overall, head/tail and per-language top-1 of one evaluation."""
     head, tail = [], []
     for lang in metrics["languages"]:
-        ht = evaluate.head_tail_accuracy(metrics["per_class_top1"][lang], counts)
+        ht = head_tail_accuracy(metrics["per_class_top1"][lang], counts)
         head.append(ht["head"])
         tail.append(ht["tail"])
     return {"top1": metrics["overall"]["top1"], "head_top1": float(np.mean(head)),
@@ -78,11 +85,11 @@ def accuracy_summary(metrics: dict[str, Any], counts: list[float]) -> dict[str, 
 
 
 def _train_and_eval(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any], dict]:
-    result = train.run(cfg)
-    ckpt = train.latest_checkpoint(train.run_dir(cfg))
+    result = train_stage.run(cfg)
+    ckpt = latest_checkpoint(train_stage.run_dir(cfg))
     state = storage.read_json(storage.join(ckpt, "state.json"))
-    model, tok = evaluate.load_model(result["export"])
-    metrics = evaluate.evaluate_model(model, tok, evaluate.load_eval_set(cfg.eval.data),
+    model, tok = load_model(result["export"])
+    metrics = evaluate_model(model, tok, load_eval_set(cfg.eval.data),
                                       batch_size=cfg.eval.batch_size)
     storage.write_json(storage.join(cfg.eval.out, "metrics.json"), metrics)
     return result, metrics, state
@@ -175,7 +182,7 @@ def _plots(out: str, state: dict[str, Any], metrics: dict[str, Any], curated: st
     urls.append(storage.join(out, "plots", "loss.png"))
     save_figure(fig, urls[-1])
     urls.append(storage.join(out, "plots", "zero_shot_top1.png"))
-    evaluate.plot_top1(metrics, urls[-1])
+    plot_top1(metrics, urls[-1])
     for name in ("languages.png", "long_tail.png"):
         src = storage.join(curated, "plots", name)
         if storage.exists(src):

@@ -2,7 +2,7 @@
 
 `worldclip eval eval.suite=[...]` (docs/operations.md, "Eval suites") loads every benchmark
 once (pipelines/benchmarks.py), embeds its images once per checkpoint and scores with the
-same functions as the single-set eval (pipelines/evaluate.py: embed_images, class_embeddings,
+same functions as the single-set eval (pipelines/evaluate/: embed_images, class_embeddings,
 embed_texts and the tie-aware hit rule), keeping the per-query hits so each number gets a
 seeded bootstrap 95% interval (percentile method over queries).
 
@@ -24,16 +24,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from worldclip.pipelines import benchmarks
-from worldclip.pipelines.evaluate import (
-    FALLBACK_TEMPLATES,
-    _checkpoint_url,
-    _expected_hits,
+from worldclip.pipelines.evaluate.embed import (
     class_embeddings,
     default_device,
     embed_images,
     embed_texts,
-    load_model,
 )
+from worldclip.pipelines.evaluate.metrics import _expected_hits
+from worldclip.pipelines.evaluate.model import checkpoint_url, load_model
+from worldclip.pipelines.evaluate.templates import FALLBACK_TEMPLATES
 from worldclip.platform import storage
 from worldclip.platform.config import ConfigError
 
@@ -203,7 +202,7 @@ def plot_comparison(results: dict[str, dict[str, Any]], url: str) -> None:
 
 def checkpoints(cfg: DictConfig) -> list[tuple[str, str]]:
     """(label, url) per checkpoint: eval.checkpoints ("label=url" or url), else the one."""
-    items = list(cfg.eval.checkpoints) or [_checkpoint_url(cfg)]
+    items = list(cfg.eval.checkpoints) or [checkpoint_url(cfg)]
     out = []
     for item in items:
         label, sep, url = str(item).partition("=")

@@ -2,11 +2,12 @@
 
     python tests/ds_single.py OUT STAGE PORT STEPS [RESUME_DIR]
 
-Builds the tiny MetaClip2 preset with train.py's DeepSpeed config, torch AdamW and LambdaLR,
-optionally resumes from RESUME_DIR through platform/checkpoints.load_engine_checkpoint (the
-call the Ray Train loop makes), takes STEPS steps on fixed seeded batches, saves a worldclip
-checkpoint directory (ckpt/ + model_config.json + tokenizer/) to OUT and writes OUT/result.json
-with the parameters' sha256 and the losses. Run as a subprocess: DeepSpeed needs its own
+Builds the tiny MetaClip2 preset with pipelines/train/engine.py's DeepSpeed config, torch
+AdamW and LambdaLR, optionally resumes from RESUME_DIR through
+platform/checkpoints.load_engine_checkpoint (the call the Ray Train loop makes), takes STEPS
+steps on fixed seeded batches, saves a worldclip checkpoint directory (ckpt/ +
+model_config.json + tokenizer/) to OUT and writes OUT/result.json with the parameters' sha256
+and the losses. Run as a subprocess: DeepSpeed needs its own
 torch.distributed group.
 """
 
@@ -31,7 +32,8 @@ def main() -> None:
     from worldclip.models.clip import ClipModel, param_groups
     from worldclip.models.presets import build_config
     from worldclip.models.tokenizer import train_tokenizer
-    from worldclip.pipelines.train import CKPT_TAG, deepspeed_config, lr_at, skip_cpu_shm_op
+    from worldclip.pipelines.checkpoint_io import CKPT_TAG
+    from worldclip.pipelines.train.engine import deepspeed_config, lr_at, skip_cpu_shm_op
     from worldclip.platform import checkpoints
 
     skip_cpu_shm_op()

@@ -20,7 +20,11 @@ from transformers import MetaClip2Model
 from worldclip.models.presets import build_config
 from worldclip.models.tokenizer import train_tokenizer
 from worldclip.pipelines import benchmarks, eval_suite
-from worldclip.pipelines import evaluate as ev
+from worldclip.pipelines.evaluate.embed import class_embeddings, embed_images, embed_texts
+from worldclip.pipelines.evaluate.metrics import retrieval, zero_shot
+from worldclip.pipelines.evaluate.model import load_model
+from worldclip.pipelines.evaluate.stage import run as run_eval
+from worldclip.pipelines.evaluate.templates import DEFAULT_TEMPLATES
 from worldclip.platform import storage
 from worldclip.platform.config import ConfigError, load_config
 
@@ -64,7 +68,7 @@ def test_babel_imagenet_loader_subsets_classes_per_language(tmp_path):
     assert b.rows["ja"].tolist() == [2, 3, 4, 5] and b.labels["ja"].tolist() == [0, 0, 1, 1]
     assert b.classnames["ja"] == ["金魚", "ホオジロザメ"]
     assert b.templates["de"] == ["ein Foto von {}."]
-    assert b.templates["ja"] == ev.DEFAULT_TEMPLATES["ja"]  # no translated prompts given
+    assert b.templates["ja"] == DEFAULT_TEMPLATES["ja"]  # no translated prompts given
 
 
 def test_clip_benchmark_wds_loader_classification_and_retrieval(tmp_path):
@@ -94,7 +98,7 @@ def test_bootstrap_interval_is_seeded_and_covers_the_mean():
 def two_checkpoints(tmp_path_factory):
     texts = [c for caps in XM_CAPS.values() for cs in caps for c in cs]
     texts += ["cat", "dog", "car", "a photo of a", "Schleie"] + \
-        [t for ts in ev.DEFAULT_TEMPLATES.values() for t in ts]
+        [t for ts in DEFAULT_TEMPLATES.values() for t in ts]
     tok = train_tokenizer(texts * 3, vocab_size=400)
     dirs = []
     for seed in (0, 1):
@@ -116,17 +120,17 @@ def test_suite_scores_match_evaluate_and_write_tables(tmp_path, two_checkpoints)
     cfg = load_config([f"eval.out={out}", "eval.bootstrap=200",
                        f"eval.suite=[{{name: xm, url: {xm}}}, {{name: cls, url: {wds}}}]",
                        f"eval.checkpoints=[a={two_checkpoints[0]}, b={two_checkpoints[1]}]"])
-    summary = ev.run(cfg)
+    summary = run_eval(cfg)
     assert summary["checkpoints"] == ["a", "b"] and summary["benchmarks"] == ["xm", "cls"]
     res = storage.read_json(os.path.join(out, "suite.json"))["results"]
     # same numbers as the single-set scoring functions
-    model, tok = ev.load_model(two_checkpoints[0])
-    feats = ev.embed_images(model, IMAGES)
-    cls = ev.class_embeddings(model, tok, ["cat", "dog", "car"], ["a photo of a {}."])
-    top1 = ev.zero_shot(feats, np.array([0, 1, 2, 0, 1, 2]), cls)["top1"]
+    model, tok = load_model(two_checkpoints[0])
+    feats = embed_images(model, IMAGES)
+    cls = class_embeddings(model, tok, ["cat", "dog", "car"], ["a photo of a {}."])
+    top1 = zero_shot(feats, np.array([0, 1, 2, 0, 1, 2]), cls)["top1"]
     assert res["a"]["cls"]["languages"]["en"]["top1"]["value"] == pytest.approx(top1)
-    text = ev.embed_texts(model, tok, [c[0] for c in XM_CAPS["de"]])
-    r = ev.retrieval(feats, text)
+    text = embed_texts(model, tok, [c[0] for c in XM_CAPS["de"]])
+    r = retrieval(feats, text)
     got = res["a"]["xm"]["languages"]["de"]
     assert got["i2t_r@1"]["value"] == pytest.approx(r["i2t_r@1"])
     assert got["t2i_r@5"]["value"] == pytest.approx(r["t2i_r@5"])
@@ -138,14 +142,14 @@ def test_suite_scores_match_evaluate_and_write_tables(tmp_path, two_checkpoints)
     comp = storage.read_text(os.path.join(out, "comparison.md"))
     assert "| xm | t2i_r@1 |" in comp and "| cls | top1 |" in comp
     assert storage.read_bytes(os.path.join(out, "comparison.png"))[:4] == b"\x89PNG"
-    again = ev.run(cfg)  # seeded: the same intervals
+    again = run_eval(cfg)  # seeded: the same intervals
     assert json.dumps(again["comparison"]) == json.dumps(summary["comparison"])
 
 
 def test_suite_config_errors_name_the_key(tmp_path):
     cfg = load_config([f"eval.out={tmp_path}", "eval.suite=[{name: x, url: /x, type: coco}]"])
     with pytest.raises(ConfigError, match="eval.suite.*type='coco'"):
-        ev.run(cfg)
+        run_eval(cfg)
 
 
 def test_loaders_read_from_s3(tmp_path, s3_prefix):

@@ -111,7 +111,7 @@ def test_the_payload_is_live_and_refused_by_the_loader(ckpts, tmp_path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("file", [MODEL_FILE, OPTIM_FILE])
 def test_eval_and_export_refuse_a_code_carrying_checkpoint(ckpts, tmp_path, file) -> None:
-    from worldclip.pipelines import train
+    from worldclip.pipelines.train import stage as train_stage
     from worldclip.platform.config import load_config
 
     marker = tmp_path / "pwned"
@@ -127,7 +127,7 @@ def test_eval_and_export_refuse_a_code_carrying_checkpoint(ckpts, tmp_path, file
     cfg = load_config([f"storage.root={tmp_path / 'root'}", f"train.out={tmp_path / 'run'}",
                        "train.name=demo"])
     with pytest.raises(UnsafeCheckpointError, match=file):
-        train.run_export(cfg)
+        train_stage.run_export(cfg)
     assert not (evil / "export" / "model.safetensors").exists()
     assert not marker.exists()
 
@@ -145,7 +145,7 @@ def test_resume_refuses_a_code_carrying_checkpoint(ckpts, tmp_path, file) -> Non
 
 @pytest.mark.slow
 def test_clean_checkpoint_resumes_bit_exact_and_exports(ckpts, tmp_path) -> None:
-    from worldclip.pipelines import train
+    from worldclip.pipelines.checkpoint_io import export_checkpoint
 
     p = _ds(tmp_path / "resumed", 1, resume=ckpts["one"])
     _ok(p)
@@ -153,5 +153,5 @@ def test_clean_checkpoint_resumes_bit_exact_and_exports(ckpts, tmp_path) -> None
     want = json.loads((ckpts["two"] / "result.json").read_text())
     assert got["steps"] == 2 and got["losses"] == want["losses"][1:]
     assert got["params_sha256"] == want["params_sha256"]  # bit-exact parameters
-    out = train.export_checkpoint(str(ckpts["two"]), str(tmp_path / "hf"))
+    out = export_checkpoint(str(ckpts["two"]), str(tmp_path / "hf"))
     assert (Path(out) / "model.safetensors").exists()

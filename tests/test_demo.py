@@ -7,7 +7,14 @@ import json
 import pytest
 
 from worldclip.cli import stage_config
-from worldclip.pipelines import demo, evaluate, train
+from worldclip.pipelines import demo
+from worldclip.pipelines.checkpoint_io import (
+    export_for_eval,
+    latest_checkpoint,
+    resolve_checkpoint,
+)
+from worldclip.pipelines.evaluate.model import load_model
+from worldclip.pipelines.train import stage as train_stage
 from worldclip.platform import storage
 from worldclip.platform.config import apply_storage
 
@@ -35,9 +42,9 @@ def test_demo_writes_report(ray_session, tmp_path):
     for png in ("loss.png", "zero_shot_top1.png", "languages.png", "long_tail.png"):
         assert (tmp_path / "demo" / "plots" / png).read_bytes()[:4] == b"\x89PNG"
     # a training run directory evaluates directly (the trainer exports on demand)
-    run = train.run_dir(cfg)
-    assert evaluate.resolve_checkpoint(run) == storage.join(run, "export")
-    ckpt = train.latest_checkpoint(run)
-    hf = train.export_for_eval(ckpt)
-    model, tok = evaluate.load_model(hf)
+    run = train_stage.run_dir(cfg)
+    assert resolve_checkpoint(run) == storage.join(run, "export")
+    ckpt = latest_checkpoint(run)
+    hf = export_for_eval(ckpt)
+    model, tok = load_model(hf)
     assert model.config.vision_config.image_size == 32 and tok is not None

@@ -137,11 +137,12 @@ def test_stream_slices_one_global_order(small_world):
     same keys at the same global positions, resumed mid-epoch at another world size."""
     from conftest import make_config
 
-    from worldclip.pipelines import ingest, train
+    from worldclip.pipelines import ingest
+    from worldclip.pipelines.train.tokenizer import prepare_tokenizer
     from worldclip.platform import storage
 
     cfg = make_config(small_world["root"])
-    tok = storage.local_dir(train.prepare_tokenizer(cfg)[0])
+    tok = storage.local_dir(prepare_tokenizer(cfg)[0])
     src = ingest.Source.open(cfg.train.data)
 
     def rows(rank: int, world: int, start: int = 0) -> dict[int, int]:
@@ -201,7 +202,8 @@ def _scenario(args: dict[str, Any]) -> dict[str, Any]:
     import ray
     from ray.cluster_utils import Cluster
 
-    from worldclip.pipelines import train
+    from worldclip.pipelines.checkpoint_io import latest_checkpoint
+    from worldclip.pipelines.train import stage as train_stage
     from worldclip.platform import storage
     from worldclip.platform.config import apply_storage, load_config
 
@@ -224,15 +226,15 @@ def _scenario(args: dict[str, Any]) -> dict[str, Any]:
 
         out: dict[str, Any] = {}
         ref = cfg("reference", "train.num_workers=2")
-        out["reference"] = train.run(ref)
+        out["reference"] = train_stage.run(ref)
         el = cfg("elastic", "train.num_workers=[1,2]", "train.resize_interval_s=1",
                  f"train.throttle_step_s={args['throttle']}", "train.max_failures=5")
-        run = train.run_dir(el)
+        run = train_stage.run_dir(el)
         box: dict[str, Any] = {}
 
         def fit() -> None:
             try:
-                box["result"] = train.run(el)
+                box["result"] = train_stage.run(el)
             except BaseException as e:  # noqa: BLE001 -- reported to the parent
                 box["error"] = repr(e)
 
@@ -248,9 +250,9 @@ def _scenario(args: dict[str, Any]) -> dict[str, Any]:
         if "error" in box:
             raise RuntimeError(box["error"])
         out["elastic"] = box["result"]
-        out["ref_run"], out["elastic_run"] = train.run_dir(ref), run
+        out["ref_run"], out["elastic_run"] = train_stage.run_dir(ref), run
         for name in ("ref_run", "elastic_run"):
-            ckpt = train.latest_checkpoint(out[name])
+            ckpt = latest_checkpoint(out[name])
             out[name + "_state"] = storage.read_json(storage.join(ckpt, "state.json"))
         return out
     finally:

@@ -239,7 +239,9 @@ def _mission_stage(ray: Any, labels: dict[str, str]) -> dict[str, Any]:
     """world -> curate -> train (2 workers, ZeRO-2, SPREAD) on the 2-node cluster."""
     from omegaconf import OmegaConf
 
-    from worldclip.pipelines import curate, train, world
+    from worldclip.pipelines import curate, world
+    from worldclip.pipelines.checkpoint_io import latest_checkpoint
+    from worldclip.pipelines.train import stage as train_stage
     from worldclip.platform import storage
     from worldclip.platform.config import apply_storage, load_config
 
@@ -258,8 +260,8 @@ def _mission_stage(ray: Any, labels: dict[str, str]) -> dict[str, Any]:
     card = curate.run(cfg)
     stats = [storage.read_json(u) for u in
              storage.glob(storage.join(cfg.curation.out, "matches", "*.stats.json"))]
-    result = train.run(cfg)
-    ckpt = train.latest_checkpoint(train.run_dir(cfg))
+    result = train_stage.run(cfg)
+    ckpt = latest_checkpoint(train_stage.run_dir(cfg))
     ranks = [storage.read_json(u) for u in storage.glob(storage.join(ckpt, "data_rank*.json"))]
     return {"curation_shards_per_node": dict(Counter(labels[s["node"]] for s in stats)),
             "train_ranks_per_node": dict(Counter(labels[r["node"]] for r in ranks)),

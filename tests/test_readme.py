@@ -188,7 +188,7 @@ def test_readme_stages_from_a_fresh_directory(tmp_path: Path) -> None:
 
     from PIL import Image
 
-    from worldclip.pipelines.evaluate import load_eval_set
+    from worldclip.pipelines.evaluate.evalsets import load_eval_set
 
     es = load_eval_set(str(eval_dir))
     names = es.classnames[lang]

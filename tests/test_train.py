@@ -3,14 +3,15 @@ gloo): ZeRO 1/2/3, S3 checkpoints, worker loss, exact resume, HF export."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
 from conftest import make_config
 
-from worldclip.pipelines import ingest, train
+from worldclip.pipelines import ingest
+from worldclip.pipelines.checkpoint_io import consolidate, latest_checkpoint
+from worldclip.pipelines.train import stage as train_stage
+from worldclip.pipelines.train.tokenizer import prepare_tokenizer
 from worldclip.platform import storage
 
 TRAIN = ["train.batch_size_per_worker=16", "train.warmup_steps=2", "train.lr=1e-3",
@@ -26,33 +27,11 @@ def _losses(state):
 
 
 def _state(cfg):
-    return storage.read_json(storage.join(train.latest_checkpoint(train.run_dir(cfg)),
+    return storage.read_json(storage.join(latest_checkpoint(train_stage.run_dir(cfg)),
                                           "state.json"))
 
 
 # ---------------------------------------------------------------- pure pieces
-
-def test_deepspeed_config_per_stage():
-    tc = {"zero_stage": 3, "offload": True, "use_gpu": False, "batch_size_per_worker": 8,
-          "grad_accum": 4, "precision": "fp32"}
-    c = train.deepspeed_config(tc, world_size=2)
-    assert c["train_batch_size"] == 64 and c["gradient_accumulation_steps"] == 4
-    assert c["zero_optimization"]["stage"] == 3
-    assert c["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
-    assert c["zero_optimization"]["offload_param"]["device"] == "cpu"
-    assert not c["bf16"]["enabled"]
-    c = train.deepspeed_config({**tc, "zero_stage": 1, "offload": False, "precision": "bf16",
-                                "use_gpu": True}, 8)
-    assert c["zero_optimization"] == {"stage": 1} and c["bf16"]["enabled"]
-
-
-def test_lr_warmup_then_cosine_to_zero():
-    lrs = [train.lr_at(s, 4e-4, 2000, 10000) for s in range(10001)]
-    assert lrs[0] == pytest.approx(4e-4 / 2000) and lrs[1999] == pytest.approx(4e-4)
-    assert lrs[6000] == pytest.approx(0.5 * 4e-4 * (1 + math.cos(math.pi * 0.5)))
-    assert lrs[10000] == pytest.approx(0.0, abs=1e-12)
-    assert all(a >= b for a, b in zip(lrs[2000:], lrs[2001:], strict=False))
-
 
 def test_epoch_plan_is_deterministic_and_disjoint():
     files = tuple(f"s3://b/shard-{i:03d}.tar" for i in range(10))
@@ -79,7 +58,7 @@ def test_online_redraw_changes_with_epoch_and_is_reproducible():
 def zero2_run(small_world):
     """An uninterrupted ZeRO-2 run: the reference for resume and export tests."""
     cfg = _cfg(small_world, "train.zero_stage=2", "train.name=z2", "train.checkpoint_every=3")
-    return cfg, train.run(cfg)
+    return cfg, train_stage.run(cfg)
 
 
 @pytest.mark.slow
@@ -94,8 +73,8 @@ def test_zero2_trains_and_exports_to_transformers(zero2_run):
     from transformers import MetaClip2Model
 
     hf = MetaClip2Model.from_pretrained(storage.strip_scheme(result["export"])).eval()
-    engine_model = train.consolidate(storage.strip_scheme(
-        train.latest_checkpoint(train.run_dir(cfg))))
+    engine_model = consolidate(storage.strip_scheme(
+        latest_checkpoint(train_stage.run_dir(cfg))))
     px = torch.randn(3, 3, 32, 32)
     ids = torch.tensor([[0, 10, 11, 2] + [1] * 73] * 3)
     mask = (ids != 1).long()
@@ -115,8 +94,8 @@ def test_worker_killed_mid_epoch_resumes_exactly(small_world, zero2_run):
     ref_cfg, ref = zero2_run
     cfg = _cfg(small_world, "train.zero_stage=2", "train.name=z2kill",
                "train.checkpoint_every=3", "train.fail_at_step=7")
-    result = train.run(cfg)
-    assert storage.exists(storage.join(train.run_dir(cfg), "fault_injected"))
+    result = train_stage.run(cfg)
+    assert storage.exists(storage.join(train_stage.run_dir(cfg), "fault_injected"))
     assert result["seen_pairs"] == ref["seen_pairs"] and result["steps"] == 12
     got, want = _losses(_state(cfg)), _losses(_state(ref_cfg))
     assert [h[0] for h in _state(cfg)["history"]] == list(range(1, 13))
@@ -132,7 +111,7 @@ def test_zero_stage_trains(small_world, s3_bucket, stage):
         extra += [f"train.out={s3_bucket}/runs-z3", "train.checkpoint_every=4",
                   "train.fail_at_step=6", "train.eval_every=4"]
     cfg = _cfg(small_world, *extra)
-    result = train.run(cfg)
+    result = train_stage.run(cfg)
     state = _state(cfg)
     assert result["steps"] == 12 and [h[0] for h in state["history"]] == list(range(1, 13))
     losses = _losses(state)
@@ -141,7 +120,7 @@ def test_zero_stage_trains(small_world, s3_bucket, stage):
         # in-training eval under ZeRO-3 gathers the sharded weights on every rank
         assert [e[0] for e in state["evals"]] == [4, 8, 12]
         assert all(0.0 <= e[1] <= 1.0 for e in state["evals"])
-        ckpts = storage.glob(storage.join(train.run_dir(cfg), "checkpoint_*"))
+        ckpts = storage.glob(storage.join(train_stage.run_dir(cfg), "checkpoint_*"))
         assert ckpts and all(c.startswith("s3://") for c in ckpts)
         assert storage.exists(storage.join(result["export"], "model.safetensors"))
 
@@ -154,7 +133,7 @@ def test_online_stream_redraws_every_epoch_deterministically(small_world, tmp_pa
     cfg = make_config(small_world["root"], "curation.mode=online",
                       f"curation.balanced_out={tmp_path}/online", f"train.data={tmp_path}/online")
     curate.run_rebalance(cfg)
-    tok_url, _ = train.prepare_tokenizer(cfg)
+    tok_url, _ = prepare_tokenizer(cfg)
     src = ingest.Source.open(cfg.train.data)
     assert src.mode == "online"
 

@@ -66,7 +66,7 @@ def _plant_undecodable(tar_path: Path) -> int:
 
 
 def test_undecodable_images_in_curated_shards_are_counted_by_training(small_world, tmp_path):
-    from worldclip.pipelines import train
+    from worldclip.pipelines.train import stage as train_stage
 
     src = Path(small_world["cfg"].curation.balanced_out)
     data = tmp_path / "curated"
@@ -77,7 +77,7 @@ def test_undecodable_images_in_curated_shards_are_counted_by_training(small_worl
                       "train.name=acct", "train.batch_size_per_worker=16", "train.epochs=1",
                       "train.warmup_steps=1", "train.log_every=100", "train.cpus_per_worker=1",
                       "train.ingest_cpus=0.25")
-    result = train.run(cfg)
+    result = train_stage.run(cfg)
     (acct,) = result["epoch_accounts"]
     print(f"planted {planted}, kept {kept}, epoch account {acct}")  # shown with pytest -s
     got = acct["dropped_at_ingest"].get("undecodable_image", 0)

@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import make_config
 
-from worldclip.pipelines import curate, join, shards, train, wat, world
+from worldclip.pipelines import curate, join, shards, wat, world
+from worldclip.pipelines.train import stage as train_stage
 from worldclip.platform import storage
 
 PAGE = "http://news.example.org/world/2024/story.html"
@@ -250,7 +251,7 @@ def test_wat_to_trained_pairs_accounting_closes(tmp_path, ray_session):
     failed = {r["url"] for i, r in enumerate(listed) if i % 7 == 3}
     write_img2dataset_webdataset(cfg.download.list_out, cfg.download.images, image_of, failed,
                                  per_shard=40)
-    result = train.run(cfg)  # joins download.images by key, then trains on the joined data
+    result = train_stage.run(cfg)  # joins download.images by key, then trains on the joined data
     joined = storage.read_json(storage.join(cfg.download.joined_out, "datacard.json"))
     d, a = joined["download"], joined["accounting"]
     assert d["download_failed"] == d["kept_lost_to_web"] == len(failed)

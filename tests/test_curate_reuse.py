@@ -91,9 +91,10 @@ def test_match_index_holds_references_not_images(pool, tmp_path):
                                   t.column("ref_member").to_pylist(), imgs, strict=True):
             assert name.startswith(key + ".")
             assert img == tar.extractfile(members[name]).read()
-    # the whole curation.out is small next to the pool: no image bytes in it
-    used = sum(f.stat().st_size for f in Path(cfg.curation.out).rglob("*") if f.is_file())
-    assert used < 0.1 * raw.stat().st_size
+    # the match index is small next to the pool: no image bytes in it (bench/bench_byref.py
+    # measures the whole curation.out + the balancing artifact at 100k pairs)
+    used = sum(f.stat().st_size for f in Path(cfg.curation.out, "matches").iterdir())
+    assert used < 0.05 * raw.stat().st_size, used
 
 
 def test_incremental_curation_equals_a_clean_run(pool, tmp_path):

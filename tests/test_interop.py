@@ -18,6 +18,7 @@ import io
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -317,8 +318,10 @@ def test_curate_img2dataset_outputs_read_back_the_open_clip_way(tmp_path: Path,
     assert a["pairs_in"] - a["dropped"]["download_failed"] == 14  # successes
     assert summary["kept"] == a["kept"] == 14 and "warning" not in summary
     shards = sorted(Path(cfg.curation.balanced_out, "shards").glob("*.tar"))
-    assert [p.name for p in shards] == ["00000-00001.tar", "00000.tar", "00001-00001.tar",
-                                        "00001.tar", "00002-00001.tar", "00002.tar"]
+    # <input shard name>.<url hash>.tar (pipelines/layout.py), then -00001 past 3 pairs
+    assert [re.sub(r"\.[0-9a-f]{10}", "", p.name) for p in shards] == [
+        "00000-00001.tar", "00000.tar", "00001-00001.tar", "00001.tar", "00002-00001.tar",
+        "00002.tar"]
     # open_clip's reading: rename(image="jpg;png;jpeg;webp", text="txt")
     ds = webdataset.WebDataset([str(p) for p in shards], shardshuffle=False)
     got = list(ds.decode("pil").to_tuple("jpg;png;webp", "txt", "__key__"))

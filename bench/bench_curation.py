@@ -9,7 +9,7 @@ side by side in one run:
       automaton per language built the same way, collections.Counter). Goal: ours/bare >= 0.8.
       Passes alternate (ours, bare, ours, bare, ...) and the median is reported, so the
       load of a shared machine hits both alike. Both must produce identical counts.
-  (c) the Ray Data pass 1 (`curate.run_match`, curation.concurrency=2: two 1-CPU matching
+  (c) the Ray Data pass 1 (`curate.stage.run_match`, curation.concurrency=2: two 1-CPU matching
       actors = the "2 cores") on a local Ray with --ray-cpus=4 logical CPUs, vs 2x (b)'s
       single-core throughput. num_cpus=2 hangs: the two actors take both logical CPUs and
       Ray Data's read tasks never get one (docs/operations.md, measured pitfalls).
@@ -41,7 +41,9 @@ import ahocorasick
 import fasttext
 
 from worldclip.pipelines import curate, lid, world
+from worldclip.pipelines.curate import stage
 from worldclip.pipelines.matching import pad_entry
+from worldclip.pipelines.metadata import MetadataStore
 from worldclip.platform.config import apply_storage, load_config
 
 _PAD = str.maketrans({**{c: f" {c} " for c in ",.;:?!`"}, "\t": " ", "\n": " ", "\r": " "})
@@ -120,7 +122,9 @@ class Bare:
             for key, g in groups.items():
                 pairs += 1
                 meta = json.loads(g["json"])
-                texts = [t.strip() for t in meta.get("texts", []) if t and t.strip()]
+                # identical texts of one pair count once, as pipelines/shards does
+                texts = list(dict.fromkeys(t.strip() for t in meta.get("texts", [])
+                                           if t and t.strip()))
                 ids_per_text = []
                 for t in texts:
                     label = model.predict(t.replace("\n", " ").replace("\r", " "), k=1)[0]
@@ -203,8 +207,9 @@ def main() -> None:
                                f"curation.input={paths[0]}",
                                f"curation.metadata={cfg.curation.metadata}")
             curate.run(warm)  # starts worker processes, imports; not timed
-            c_stats, c_s = timed(curate.run_match, make_config(
-                root, args.pairs, args.shards, f"curation.out={root}/c"))
+            ccfg = make_config(root, args.pairs, args.shards, f"curation.out={root}/c")
+            hashes = MetadataStore(ccfg.curation.metadata).hashes()  # as curate.run does
+            (c_stats, _), c_s = timed(stage.run_match, ccfg, hashes)
             assert sum(s["pairs_in"] for s in c_stats) == b["pairs"]
             dcfg = make_config(root, args.pairs, args.shards, f"curation.out={root}/d",
                                f"curation.balanced_out={root}/d/balanced")

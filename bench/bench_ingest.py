@@ -4,7 +4,8 @@ Setup (not timed): an embedded world, its curation (`curate.run` on a local Ray)
 tokenizer trained on the curated captions, as `worldclip train` prepares them.
 
 Both sides then stream the same epoch of the same curated files through the same code:
-`ingest._load_file` (read_rows + redraw + seeded in-file shuffle) and `ingest.preprocess`
+`ingest._load_file` with the Source (online: the epoch's draw, images read by reference;
+offline: read_rows; then a seeded in-file shuffle) and `ingest.preprocess`
 (decode, random resized crop, normalise, tokenize) on batches of 64:
 
   Ray Data   `ingest.worker_stream(rank=0, world=1)` iterated with iter_torch_batches(64) on
@@ -55,7 +56,8 @@ def dataloader_pass(data: str, tok_dir: str, image_size: int, workers: int) -> d
             info = get_worker_info()
             mine = files[info.id::info.num_workers] if info else files
             for f in mine:
-                rows = ingest._load_file({"url": f, "skip": 0, "base": 0}, source.mode, 0, 0)
+                rows = ingest._load_file({"url": f, "skip": 0, "base": 0}, source.mode, 0, 0,
+                                         source.limits, source)
                 for i in range(0, len(rows), BATCH):
                     chunk = rows[i: i + BATCH]
                     batch = {"key": np.array([r["key"] for r in chunk], dtype=object),

@@ -105,13 +105,14 @@ def worker(url: str, variant: str, md: str, before_dir: str) -> dict:
         matcher.match_shard(_warm_tar(), "warm.tar")  # LID model and automaton loaded
         to_bytes = old_curate._parquet_bytes
     else:
-        from worldclip.pipelines.curate import MatchSettings, ShardMatcher, _parquet_bytes
+        from worldclip.pipelines.arrowio import parquet_bytes
+        from worldclip.pipelines.curate import MatchSettings, ShardMatcher
         from worldclip.pipelines.limits import ReadLimits
         from worldclip.pipelines.shards import load_shard, parse_shard
 
         matcher = ShardMatcher(MatchSettings(metadata=md))
         matcher.match_parsed(parse_shard(_warm_tar(), "warm.tar"), "warm.tar")
-        to_bytes = _parquet_bytes
+        to_bytes = parquet_bytes
     base = _reset_peak()
     t0 = time.time()
     if variant == "before":

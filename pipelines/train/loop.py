@@ -59,14 +59,14 @@ def train_loop(config: dict[str, Any]) -> None:
                  ", resharded" if reshard else "")
     state.begin_run(world, micro, accum, gbs, reshard, convert_s, started_at)
 
-    source = Source.open(run.data)
+    source, tok_dir = Source.open(run.data), tokenizer_path(run.tokenizer)
     metrics = MetricsLogger(run.run_dir, rank, s.log_every, total, world, micro, accum)
     evaluator = Evaluator(run.eval_data, tokenizer, s.eval_every, s.zero_stage, rank)
     runner = StepRunner(engine, ray.train.torch.get_device(), s.precision == "bf16", world,
                         accum, keys=checkpointer.keys)
     while state.epoch < s.epochs and state.step < total:
-        epoch = EpochStream(source, tokenizer_path(run.tokenizer), parts.image_size, s, state,
-                            rank, world, micro, accum)
+        epoch = EpochStream(source, tok_dir, parts.image_size, s, state, rank, world, micro,
+                            accum)
         state.begin_epoch()
         runner.reset()
         for mb in epoch.micro_batches():

@@ -1,0 +1,58 @@
+"""Eval sets to decontaminate against: curation.decontaminate as benchmark specs, and the
+phash of every eval image, cached per set."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from omegaconf import DictConfig, OmegaConf
+
+from worldclip.pipelines.dedup.hashing import hash_table
+from worldclip.pipelines.dedup.tables import _parquet_bytes, _read
+from worldclip.platform import storage
+
+log = logging.getLogger(__name__)
+
+
+def eval_specs(c: DictConfig) -> list[dict[str, Any]]:
+    """curation.decontaminate entries as benchmark specs (a URL string or {name, type, url})."""
+    from worldclip.pipelines.benchmarks import normalize_spec
+
+    items = OmegaConf.to_container(c.decontaminate, resolve=True) if c.decontaminate else []
+    return [normalize_spec(x, "curation.decontaminate") for x in items or []]
+
+
+def eval_hashes(specs: list[dict[str, Any]], cache_dir: str
+                ) -> tuple[pa.Table, dict[str, dict[str, bytes]]]:
+    """(table set, key, phash of every eval image, a few eval images per set for the report).
+    Cached per set under cache_dir (an eval set is read and hashed once)."""
+    from worldclip.pipelines.benchmarks import load_images
+
+    parts = []
+    samples: dict[str, dict[str, bytes]] = {}
+    for spec in specs:
+        tag = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+        url = storage.join(cache_dir, f"{spec['name']}-{tag}.parquet")
+        keys, images = load_images(spec)
+        samples[spec["name"]] = dict(zip(keys, images, strict=True))
+        if storage.exists(url):
+            t = _read(url)
+        else:
+            t = hash_table(keys, images, "phash")
+            storage.write_bytes(url, _parquet_bytes(t))
+        bad = t.column("phash").null_count
+        if bad:
+            log.warning("eval set %s: %d images do not decode; they cannot be matched",
+                        spec["name"], bad)
+        parts.append(t.append_column("eval_set", pa.array([spec["name"]] * t.num_rows,
+                                                          pa.string())))
+    if not parts:
+        return pa.table({"key": pa.array([], pa.string()), "phash": pa.array([], pa.uint64()),
+                         "eval_set": pa.array([], pa.string())}), samples
+    t = pa.concat_tables(parts)
+    return t.filter(pc.is_valid(t.column("phash"))), samples

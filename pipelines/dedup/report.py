@@ -1,0 +1,36 @@
+"""The thumbnail grid of eval duplicates the data card links (pool image | eval image)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from worldclip.pipelines.dedup.hooks import matched_images
+
+
+def thumbnail_grid(out: str, examples: list[dict[str, Any]],
+                   samples: dict[str, dict[str, bytes]], size: int = 96) -> bytes:
+    """PNG: one row per example, pool image | eval image, with the distance."""
+    from PIL import Image, ImageDraw
+
+    grid = Image.new("RGB", (2 * size + 250, len(examples) * (size + 4) + 4), "white")
+    draw = ImageDraw.Draw(grid)
+    cache: dict[str, dict[str, bytes]] = {}
+    for i, ex in enumerate(examples):
+        if ex["shard"] not in cache:
+            cache[ex["shard"]] = dict(zip(*matched_images(out, ex["shard"]), strict=True))
+        y = 4 + i * (size + 4)
+        for j, data in enumerate((cache[ex["shard"]].get(ex["key"]),
+                                  samples.get(ex["eval_set"], {}).get(ex["eval_key"]))):
+            try:
+                with Image.open(io.BytesIO(data or b"")) as im:
+                    grid.paste(im.convert("RGB").resize((size, size)), (4 + j * (size + 4), y))
+            except Exception:  # noqa: BLE001 -- an undecodable example leaves its cell blank
+                pass
+        for line, text in enumerate((f"pool {ex['shard']}/{ex['key']}"[:40],
+                                     f"eval {ex['eval_set']}/{ex['eval_key']}"[:40],
+                                     f"Hamming distance {ex['distance']}")):
+            draw.text((2 * size + 16, y + size // 2 - 18 + 12 * line), text, fill="black")
+    buf = io.BytesIO()
+    grid.save(buf, format="PNG")
+    return buf.getvalue()

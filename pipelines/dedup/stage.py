@@ -1,0 +1,222 @@
+"""The Ray wiring of dedup: hash shards matched without hash columns (actor pool), compare
+phashes with the eval sets (tasks), resolve exact duplicates globally (hash-partitioned
+map/reduce), write the removed rows and their counts (tasks). Steps: the package docstring."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import posixpath
+import time
+from collections import Counter, defaultdict
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from omegaconf import DictConfig
+
+from worldclip.pipelines.dedup.evalsets import eval_hashes, eval_specs
+from worldclip.pipelines.dedup.hashing import exact_duplicates, hamming_matches, removed_counts
+from worldclip.pipelines.dedup.hooks import (
+    hash_columns,
+    hash_url,
+    matched_images,
+    write_hash_columns,
+)
+from worldclip.pipelines.dedup.report import thumbnail_grid
+from worldclip.pipelines.dedup.tables import HIT_SCHEMA, REMOVED_SCHEMA, _parquet_bytes, _read
+from worldclip.platform import owned, storage
+
+log = logging.getLogger(__name__)
+
+
+class HashActor:
+    """Ray Data actor: one row = one shard name whose hash columns are missing (a shard
+    matched before dedup was on, or before eval sets were listed): reads its match file once
+    and writes the missing <shard>.<column>.parquet files (resumable: the files mark it)."""
+
+    def __init__(self, out: str, columns: tuple[str, ...]) -> None:
+        self.out = out
+        self.columns = columns
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        for n in batch["shard"]:
+            name = str(n)
+            missing = tuple(c for c in self.columns
+                            if not storage.exists(hash_url(self.out, name, c)))
+            if missing:
+                keys, images = matched_images(self.out, name)
+                write_hash_columns(storage.join(self.out, "matches", name), keys, images,
+                                   missing)
+        return {"shard": list(batch["shard"])}
+
+
+def _compare_task(out: str, names: list[str], evals: dict[str, Any], max_distance: int,
+                  hits_dir: str) -> None:
+    """Ray task: the phash column of some shards against every eval hash -> hit files."""
+    for name in names:
+        ph = _read(hash_url(out, name, "phash"))
+        valid = ph.filter(pc.is_valid(ph.column("phash")))
+        rows, near, dist = hamming_matches(valid.column("phash").to_numpy(), evals["phash"],
+                                           max_distance)
+        keys = valid.column("key").to_pylist()
+        hits = pa.table({"key": pa.array([keys[i] for i in rows], pa.string()),
+                         "eval_set": pa.array([evals["eval_set"][j] for j in near],
+                                              pa.string()),
+                         "eval_key": pa.array([evals["key"][j] for j in near], pa.string()),
+                         "distance": pa.array(dist, pa.int32())}, schema=HIT_SCHEMA)
+        storage.write_bytes(storage.join(hits_dir, f"{name}.parquet"), _parquet_bytes(hits))
+
+
+def _partition_sha(urls: list[tuple[str, str]], parts: int) -> list[pa.Table] | pa.Table:
+    """Map side of the global resolution: (shard, key, sha256) of some shards, split by
+    sha256 prefix into `parts` tables (reads the hash columns only, no image bytes)."""
+    tables = []
+    for name, url in urls:
+        t = _read(url, ["key", "sha256"])
+        t = t.filter(pc.is_valid(t.column("sha256")))
+        tables.append(t.append_column("shard", pa.array([name] * t.num_rows, pa.string())))
+    t = pa.concat_tables(tables) if tables else pa.table(
+        {"key": pa.array([], pa.string()), "sha256": pa.array([], pa.string()),
+         "shard": pa.array([], pa.string())})
+    bucket = np.array([int(h[:8], 16) % parts for h in t.column("sha256").to_pylist()],
+                      dtype=np.int64)
+    out = [t.filter(pa.array(bucket == p)) for p in range(parts)]
+    return out if parts > 1 else out[0]  # Ray: num_returns=1 is one object, not a list
+
+
+def _reduce_sha(*tables: pa.Table) -> pa.Table:
+    return exact_duplicates(pa.concat_tables(tables))
+
+
+def _subtract_task(out: str, items: list[tuple[str, pa.Table]]) -> None:
+    """Ray task: for some shards, the counts their removed rows had added (see module doc)."""
+    for name, removed in items:
+        m = _read(storage.join(out, "matches", f"{name}.parquet"),
+                  ["key", "langs", "entry_ids"])
+        counts = removed_counts(m, set(removed.column("key").to_pylist()))
+        base = storage.join(out, "dedup", "removed", name)
+        storage.write_bytes(base + ".counts.parquet", _parquet_bytes(counts))
+        storage.write_bytes(base + ".parquet", _parquet_bytes(removed))
+
+
+def resolve_exact(out: str, names: list[str], parts: int, shards_per_task: int = 32
+                  ) -> pa.Table:
+    """Global exact dedup over the hash columns of `names` with Ray tasks (hash-partitioned
+    map/reduce): -> (shard, key, owner) of every duplicate row."""
+    import ray
+
+    urls = [(n, hash_url(out, n, "sha256")) for n in names]
+    chunks = [urls[i: i + shards_per_task] for i in range(0, len(urls), shards_per_task)]
+    mapper = ray.remote(num_cpus=1, num_returns=parts)(_partition_sha)
+    reducer = ray.remote(num_cpus=1)(_reduce_sha)
+    mapped = [mapper.remote(ch, parts) for ch in chunks]
+    if parts == 1:
+        mapped = [[m] for m in mapped]
+    dups = ray.get([reducer.remote(*[m[p] for m in mapped]) for p in range(parts)])
+    return pa.concat_tables(dups)
+
+
+def settings(cfg: DictConfig) -> dict[str, Any]:
+    c = cfg.curation
+    return {"exact": bool(c.dedup), "eval": eval_specs(c),
+            "max_distance": int(c.decontaminate_hamming)}
+
+
+def run(cfg: DictConfig, match_stats: list[dict[str, Any]]) -> dict[str, Any]:
+    """Hash, resolve and subtract for every shard of this run (see the module docstring);
+    returns the summary the data card shows. A no-op (and stale removals are cleared) when
+    curation.dedup is false and curation.decontaminate is empty."""
+    import ray
+
+    started = time.perf_counter()
+    c = cfg.curation
+    s = settings(cfg)
+    out = str(c.out)
+    ddir = storage.join(out, "dedup")
+    names = [m["id"] for m in match_stats]
+    # only under a curation.out a curate run created (docs/operations.md, "Inputs are
+    # read-only")
+    owned.remove_owned(storage.join(ddir, "removed"), "curation.out", owner=out)
+    if not s["exact"] and not s["eval"]:
+        storage.remove(storage.join(ddir, "state.json"))
+        return {}
+    evals, samples = eval_hashes(s["eval"], storage.join(ddir, "eval_sets"))
+    digest = hashlib.sha256(json.dumps({"eval": s["eval"], "d": s["max_distance"]},
+                                       sort_keys=True).encode()).hexdigest()[:16]
+    hits_dir = storage.join(ddir, "eval", digest) if s["eval"] else ""
+    columns = hash_columns(c)
+    have = {col: {posixpath.basename(u)[: -len(f".{col}.parquet")] for u in storage.glob(
+        storage.join(out, "matches", f"*.{col}.parquet"))} for col in columns}
+    to_hash = [n for n in names if any(n not in have[col] for col in columns)]
+    if to_hash:  # normally none: pass 1 writes the hash columns (write_hash_columns)
+        log.info("dedup: hashing %d shards matched without hash columns", len(to_hash))
+        ds = ray.data.from_items([{"shard": n} for n in to_hash],
+                                 override_num_blocks=len(to_hash))
+        ds = ds.map_batches(HashActor, fn_constructor_args=(out, columns), batch_size=1,
+                            num_cpus=1, compute=ray.data.ActorPoolStrategy(
+                                size=min(int(c.concurrency), len(to_hash))))
+        for _ in ds.iter_rows():
+            pass
+    if hits_dir:
+        done = {posixpath.basename(u)[: -len(".parquet")]
+                for u in storage.glob(storage.join(hits_dir, "*.parquet"))}
+        todo = [n for n in names if n not in done]
+        log.info("decontamination: %d shards to compare with %d eval images", len(todo),
+                 evals.num_rows)
+        ev = ray.put({"key": evals.column("key").to_pylist(),
+                      "eval_set": evals.column("eval_set").to_pylist(),
+                      "phash": evals.column("phash").to_numpy()})
+        task = ray.remote(num_cpus=1)(_compare_task)
+        step = max(1, -(-len(todo) // (2 * int(c.concurrency))))
+        ray.get([task.remote(out, todo[i: i + step], ev, s["max_distance"], hits_dir)
+                 for i in range(0, len(todo), step)])
+    removed: dict[str, dict[str, tuple[str, str]]] = defaultdict(dict)
+    by_set: Counter = Counter()
+    examples: list[dict[str, Any]] = []
+    if hits_dir:
+        for n in names:
+            h = _read(storage.join(hits_dir, f"{n}.parquet"))
+            for k, es, ek, d in zip(*(h.column(x).to_pylist() for x in HIT_SCHEMA.names),
+                                    strict=True):
+                removed[n][k] = ("eval_duplicate", f"{es}/{ek} d={d}")
+                by_set[es] += 1
+                if len(examples) < 8:
+                    examples.append({"shard": n, "key": k, "eval_set": es, "eval_key": ek,
+                                     "distance": d})
+    n_dup = 0
+    if s["exact"] and names:
+        parts = max(1, min(16, len(names) // 4))
+        dups = resolve_exact(out, names, parts)
+        for n, k, o in zip(*(dups.column(x).to_pylist() for x in ("shard", "key", "owner")),
+                           strict=True):
+            if k not in removed[n]:
+                removed[n][k] = ("duplicate_image", o)
+                n_dup += 1
+    items = []
+    for n, rows in removed.items():
+        if rows:
+            keys = sorted(rows)
+            items.append((n, pa.table({"key": keys, "reason": [rows[k][0] for k in keys],
+                                       "detail": [rows[k][1] for k in keys]},
+                                      schema=REMOVED_SCHEMA)))
+    task = ray.remote(num_cpus=1)(_subtract_task)
+    step = max(1, -(-len(items) // (2 * int(c.concurrency))))
+    ray.get([task.remote(out, items[i: i + step]) for i in range(0, len(items), step)])
+    state_digest = hashlib.sha256(json.dumps(
+        {n: sorted(r.items()) for n, r in sorted(removed.items())}).encode()).hexdigest()[:16]
+    summary = {"exact": s["exact"], "duplicate_image": n_dup,
+               "eval_sets": [e["name"] for e in s["eval"]], "max_distance": s["max_distance"],
+               "eval_duplicate": sum(by_set.values()),
+               "eval_duplicate_by_set": {e["name"]: by_set.get(e["name"], 0)
+                                         for e in s["eval"]},
+               "examples": examples, "digest": state_digest}
+    if examples:
+        storage.write_bytes(storage.join(ddir, "eval_duplicates.png"),
+                            thumbnail_grid(out, examples, samples))
+    storage.write_json(storage.join(ddir, "state.json"), summary)
+    log.info("dedup: %d duplicate images, %d eval duplicates %s (%.1fs)", n_dup,
+             summary["eval_duplicate"], dict(by_set), time.perf_counter() - started)
+    return summary

@@ -17,6 +17,8 @@ import logging
 import sys
 from typing import Any
 
+from worldclip.platform.shortcuts import add_shortcut_args, shortcut_overrides
+
 # stage -> (module, function, help). Modules are imported only when their stage runs, so
 # `worldclip --help` stays instant and a stage never pays for another's imports.
 STAGES: dict[str, tuple[str, str, str]] = {
@@ -66,10 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs="*", help="key=value overrides (and sub-commands for jobs)")
     p.add_argument("--config", "-c", action="append", default=[],
                    help="YAML config file or preset name in configs/ (repeatable)")
-    p.add_argument("--out", help="shortcut for the stage's output URL (e.g. world.out)")
-    p.add_argument("--pairs", type=int, help="shortcut for world.pairs")
-    p.add_argument("--compare", action="store_true",
-                   help="demo: also train on unbalanced / one-t data and compare")
+    add_shortcut_args(p)  # --out, --pairs, --compare: the same for `worldclip submit`
     p.add_argument("--verbose", "-v", action="store_true")
     return p
 
@@ -110,12 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = [a for a in args.args if "=" in a]
     extra = [a for a in args.args if "=" not in a]
-    if args.out:
-        overrides.append(f"{_OUT_KEY.get(args.stage, 'storage.root')}={args.out}")
-    if args.pairs:
-        overrides.append(f"world.pairs={args.pairs}")
-    if args.compare:
-        overrides.append("demo.compare=true")
+    overrides += shortcut_overrides(args.stage, args, _OUT_KEY)
     module_name, fn_name, _ = STAGES[args.stage]
     module = importlib.import_module(module_name)
     try:

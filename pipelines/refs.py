@@ -6,7 +6,7 @@ materialises the kept pairs or the training stream decodes them (docs/curation.m
 index by reference").
 
 - tar: byte ranges of the member data, coalesced into one ranged GET per run of nearby
-  members, or one sequential read when most of the shard is wanted (storage.read_ranges);
+  members, or one sequential read when most of the shard is wanted (ranges.read_ranges);
 - tar_stream (a compressed tar): offsets are in the decompressed stream, so the shard is
   read and decompressed once;
 - parquet: only the row groups holding wanted rows, only the image column;
@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from worldclip.pipelines.shards import image_bytes
-from worldclip.platform import storage
+from worldclip.platform import ranges, storage
 
 REF_COLUMNS = ("ref_member", "ref_offset", "ref_length", "ref_row_group", "ref_row")
 REF_FIELDS = [pa.field("ref_member", pa.string()), pa.field("ref_offset", pa.int64()),
@@ -52,7 +52,7 @@ def check_fresh(url: str, recorded: dict[str, Any] | None) -> None:
         raise StaleReference(f"{url}: the match index records no identity for this shard "
                              f"(written by an older worldclip); {fix_hint(url)}")
     try:
-        now = storage.identity(url)
+        now = ranges.identity(url)
     except FileNotFoundError:
         raise StaleReference(f"{url}: raw shard is gone since it was matched; "
                              f"{fix_hint(url)}") from None
@@ -68,7 +68,7 @@ def ref_columns(refs: Sequence[tuple | None]) -> dict[str, pa.Array]:
     return {f.name: pa.array(list(c), f.type) for f, c in zip(REF_FIELDS, cols, strict=True)}
 
 
-def _stream_slices(data: bytes, ranges: list[tuple[int, int]]) -> list[bytes]:
+def _stream_slices(data: bytes, spans: list[tuple[int, int]]) -> list[bytes]:
     """Byte ranges of a compressed tar's decompressed stream, read the way pass 1 read it
     (tarfile's own decompressing file object, forward only): damage after the last wanted
     member -- which pass 1 reported but did not count against these pairs -- is never
@@ -76,11 +76,11 @@ def _stream_slices(data: bytes, ranges: list[tuple[int, int]]) -> list[bytes]:
     out: dict[int, bytes] = {}
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
         f = tar.fileobj
-        for i in sorted(range(len(ranges)), key=lambda i: ranges[i][0]):
-            off, length = ranges[i]
+        for i in sorted(range(len(spans)), key=lambda i: spans[i][0]):
+            off, length = spans[i]
             f.seek(off)
             out[i] = f.read(length)
-    return [out[i] for i in range(len(ranges))]
+    return [out[i] for i in range(len(spans))]
 
 
 def read_images(url: str, kind: str, table: pa.Table, identity: dict[str, Any] | None,
@@ -95,8 +95,8 @@ def read_images(url: str, kind: str, table: pa.Table, identity: dict[str, Any] |
     off = table.column("ref_offset").to_numpy(zero_copy_only=False)
     length = table.column("ref_length").to_numpy(zero_copy_only=False)
     if kind == "tar":
-        ranges = [(int(o), int(sz)) for o, sz in zip(off, length, strict=True)]
-        return list(storage.read_ranges(url, ranges, size=int(identity["size"])))
+        spans = [(int(o), int(sz)) for o, sz in zip(off, length, strict=True)]
+        return list(ranges.read_ranges(url, spans, size=int(identity["size"])))
     if kind == "tar_stream":
         return _stream_slices(storage.read_bytes(url), [(int(o), int(sz)) for o, sz in
                                                         zip(off, length, strict=True)])

@@ -3,7 +3,8 @@
 Two runs writing the same curated output would interleave shards and references. The lease
 names its holder (owner, host, pid, since) so the error tells the user which run to wait for,
 and it expires (ttl_s, renewed every ttl_s/3) so a crashed run's lease is taken over without
-anyone deleting files by hand. Local and S3 go through platform/storage.py.
+anyone deleting files by hand; a holder on this host whose pid is gone (a killed run) is
+taken over at once. Local and S3 go through platform/storage.py.
 
 Race between two acquirers: locally a fresh lease is created exclusively (hard link of a
 complete temp file: exactly one creator wins). S3 (s3fs) has no create-exclusive, so there,
@@ -33,6 +34,21 @@ log = logging.getLogger(__name__)
 
 LEASE_NAME = "_LEASE.json"
 SETTLE_S = 0.3  # S3 write-then-re-read window; S3 is read-after-write consistent
+
+
+def _holder_dead(rec: dict[str, Any]) -> bool:
+    """A lease whose holder ran on this host under a pid that no longer exists (a killed
+    run): taken over at once rather than after ttl_s. Another host's holder is never
+    judged dead here: only expiry tells."""
+    if rec.get("host") != socket.gethostname() or not isinstance(rec.get("pid"), int):
+        return False
+    try:
+        os.kill(rec["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 class Lease:
@@ -114,7 +130,7 @@ class Lease:
                 return self._start_heartbeat()
             rec = self._read()
         if rec is not None and rec.get("owner") != self.owner:
-            if float(rec.get("expires", 0)) > time.time():
+            if float(rec.get("expires", 0)) > time.time() and not _holder_dead(rec):
                 raise self._held_error(rec)
             log.warning("%s: taking over an expired lease (pid %s on host %s, expired %.0f s "
                         "ago; that run likely crashed)", self.path, rec.get("pid"),
@@ -142,6 +158,14 @@ class Lease:
             except Exception as e:  # keep renewing through transient trouble
                 log.warning("%s: lease renewal failed (%s: %s)", self.path,
                             type(e).__name__, e)
+
+    def check(self) -> None:
+        """Raise if another run took the lease over (this run stalled past ttl_s): call it
+        before writing what readers trust (manifests, data cards, artifacts)."""
+        if self.lost:
+            raise RuntimeError(f"{self.path}: the lease was taken over by another run while "
+                               "this one held it; this run's results are not written. Run "
+                               "again once the other run is done")
 
     def release(self) -> None:
         """Stop renewing and delete the lease file if it is still ours."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
+import socket
 import threading
 import time
 
@@ -123,3 +125,25 @@ def test_two_acquirers_racing_on_s3_exactly_one_wins(s3_prefix):
     assert storage.read_json(storage.join(url, LEASE_NAME))["owner"] == winner.owner
     winner.release()
     assert not storage.exists(storage.join(url, LEASE_NAME))
+
+
+def test_check_raises_once_the_lease_is_lost(tmp_path):
+    with Lease(str(tmp_path), ttl_s=0.3) as held:
+        held.check()
+        (tmp_path / LEASE_NAME).unlink()  # another run took over (or removed it)
+        deadline = time.time() + 5
+        while not held.lost and time.time() < deadline:
+            time.sleep(0.05)
+        with pytest.raises(RuntimeError, match="taken over"):
+            held.check()
+
+
+def test_a_killed_holder_on_this_host_is_taken_over_at_once(tmp_path):
+    proc = mp.get_context("spawn").Process(target=time.sleep, args=(0,))
+    proc.start()
+    proc.join()  # a pid that existed and is gone
+    (tmp_path / LEASE_NAME).write_text(json.dumps(
+        {"owner": "dead", "host": socket.gethostname(), "pid": proc.pid,
+         "started": time.time(), "expires": time.time() + 3600}))
+    with Lease(str(tmp_path)) as held:
+        assert json.loads((tmp_path / LEASE_NAME).read_text())["owner"] == held.owner

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from worldclip.platform import storage
-from worldclip.platform.storage import plan_ranges
+from worldclip.platform import ranges, storage
+from worldclip.platform.ranges import plan_ranges
 
 # ---------------------------------------------------------------- plan_ranges (pure)
 
@@ -58,27 +58,27 @@ def _check_members(url: str, raw: bytes) -> None:
     with tarfile.open(fileobj=io.BytesIO(raw)) as tf:
         members = tf.getmembers()
         want = {m.name: tf.extractfile(m).read() for m in members}
-    ranges = [(m.offset_data, m.size) for m in members]
-    size = storage.identity(url)["size"]
+    spans = [(m.offset_data, m.size) for m in members]
+    size = ranges.identity(url)["size"]
     assert size == len(raw)
     # sparse pick (every 4th member, tiny gap): several ranged GETs, input order kept
-    pick = list(reversed(ranges[::4])) + [ranges[0]]
+    pick = list(reversed(spans[::4])) + [spans[0]]
     plan = plan_ranges(pick, size, gap=16)
     assert 1 < len(plan) <= len(pick) and plan != [(0, size)]
-    got = storage.read_ranges(url, pick, gap=16)
+    got = ranges.read_ranges(url, pick, gap=16)
     names = [members[i].name for i in range(0, len(members), 4)][::-1] + [members[0].name]
     assert got == [want[n] for n in names]
     # all members: one whole-file read, still every member's exact bytes
-    assert plan_ranges(ranges, size) == [(0, size)]
-    assert storage.read_ranges(url, ranges, size=size) == [want[m.name] for m in members]
+    assert plan_ranges(spans, size) == [(0, size)]
+    assert ranges.read_ranges(url, spans, size=size) == [want[m.name] for m in members]
     # a range past the end is a stale reference naming the url
     with pytest.raises(ValueError, match="stale") as e:
-        storage.read_ranges(url, [(size - 10, 20)])
+        ranges.read_ranges(url, [(size - 10, 20)])
     assert url in str(e.value)
     # a size that claims more than the file has (the file shrank): also stale
     with pytest.raises(ValueError, match="stale"):
-        storage.read_ranges(url, [(size, 100)], size=size + 100, whole_fraction=2.0)
-    assert storage.read_range(url, ranges[1][0], ranges[1][1]) == want[members[1].name]
+        ranges.read_ranges(url, [(size, 100)], size=size + 100, whole_fraction=2.0)
+    assert ranges.read_range(url, spans[1][0], spans[1][1]) == want[members[1].name]
 
 
 def test_read_ranges_tar_local(tmp_path):
@@ -100,37 +100,37 @@ def test_read_ranges_tar_s3(s3_prefix):
 def test_identity_local_file_changes_on_rewrite_and_truncate(tmp_path):
     p = tmp_path / "a.tar"
     p.write_bytes(b"x" * 100)
-    first = storage.identity(str(p))
+    first = ranges.identity(str(p))
     assert first["size"] == 100 and first["etag"].startswith("mtime_ns:")
-    assert storage.identity(str(p)) == first  # stable while untouched
+    assert ranges.identity(str(p)) == first  # stable while untouched
     time.sleep(0.01)
     p.write_bytes(b"y" * 100)  # same size, new content
-    second = storage.identity(str(p))
+    second = ranges.identity(str(p))
     assert second["size"] == 100 and second != first
     with open(p, "r+b") as f:
         f.truncate(40)
-    assert storage.identity(str(p))["size"] == 40
+    assert ranges.identity(str(p))["size"] == 40
 
 
 def test_identity_s3_changes_on_reput(s3_prefix):
     url = f"{s3_prefix}/a.tar"
     storage.write_bytes(url, b"x" * 100)
-    first = storage.identity(url)
+    first = ranges.identity(url)
     assert first["size"] == 100 and first["etag"] and '"' not in first["etag"]
-    assert storage.identity(url) == first
+    assert ranges.identity(url) == first
     storage.write_bytes(url, b"y" * 100)
-    second = storage.identity(url)
+    second = ranges.identity(url)
     assert second["size"] == 100 and second["etag"] != first["etag"]
 
 
 def _check_dir_identity(root: str, touch) -> None:
     storage.write_bytes(storage.join(root, "000000000.jpg"), b"a" * 10)
     storage.write_bytes(storage.join(root, "sub", "000000001.jpg"), b"b" * 20)
-    first = storage.identity(root)
+    first = ranges.identity(root)
     assert first["size"] == 30 and first["etag"].startswith("dir:")
-    assert storage.identity(root) == first
+    assert ranges.identity(root) == first
     touch(storage.join(root, "sub", "000000001.jpg"))
-    second = storage.identity(root)
+    second = ranges.identity(root)
     assert second["size"] == 30 and second["etag"] != first["etag"]
 
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from worldclip.pipelines.arrowio import read_parquet
 from worldclip.platform import storage
+from worldclip.platform.execution import chunked, run_tasks
 
 
 def sum_count_files(urls: list[str], sizes: dict[str, int]) -> dict[str, np.ndarray]:
@@ -31,13 +32,9 @@ def sum_count_files(urls: list[str], sizes: dict[str, int]) -> dict[str, np.ndar
 def aggregate_counts(count_urls: list[str], sizes: dict[str, int],
                      files_per_task: int = 16) -> dict[str, np.ndarray]:
     """Sum sparse shard counts: Ray tasks reduce chunks of files, the driver adds the parts."""
-    import ray
-
-    task = ray.remote(num_cpus=0.5)(sum_count_files)
-    chunks = [count_urls[i: i + files_per_task]
-              for i in range(0, len(count_urls), files_per_task)]
     total = {g: np.zeros(n, dtype=np.uint64) for g, n in sizes.items()}
-    for part in ray.get([task.remote(c, sizes) for c in chunks]):
+    for part in run_tasks(sum_count_files, chunked(count_urls, files_per_task), sizes,
+                          num_cpus=0.5):
         for g, arr in part.items():
             total[g] += arr
     return total

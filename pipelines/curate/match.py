@@ -15,7 +15,6 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 from omegaconf import DictConfig
 
@@ -25,6 +24,7 @@ from worldclip.pipelines.limits import DEFAULT_LIMITS, ReadLimits
 from worldclip.pipelines.metadata import MERGED, MetadataStore
 from worldclip.pipelines.shards import ShardResult, load_shard, parse_shard
 from worldclip.platform import storage
+from worldclip.platform.execution import ItemActor
 
 # Pass 1's match index holds no image bytes: `ref_*` point at the image in the raw shard
 # (pipelines/refs.py). `url`: the image reference of a text-only (text-first) pair, whose
@@ -145,13 +145,8 @@ class ShardMatcher:
         return matched, count_table, stats
 
 
-class MatchActor:
-    """Ray Data actor for pass 1: one row = one input shard URL.
-
-    The actor reads the shard itself (storage.read_bytes: retries, any URL) rather than
-    through read_binary_files, which decompresses .gz by extension and fails the whole run on
-    one truncated archive instead of counting its pairs.
-    """
+class MatchActor(ItemActor):
+    """Pass-1 actor (platform/execution.py): one item = one input shard's job."""
 
     def __init__(self, settings: MatchSettings, out: str) -> None:
         import ray
@@ -160,14 +155,8 @@ class MatchActor:
         self.out = out
         self.node = ray.get_runtime_context().get_node_id()  # for the report: who did what
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        out = []
-        for job in batch["job"]:
-            job = json.loads(str(job))
-            stats = match_to_files(self.matcher, self.out, job)
-            stats["node"] = self.node
-            out.append(json.dumps(stats))
-        return {"stats": out}
+    def process(self, job: dict[str, Any]) -> dict[str, Any]:
+        return {**match_to_files(self.matcher, self.out, job), "node": self.node}
 
 
 def match_to_files(matcher: ShardMatcher, out: str, job: dict[str, Any]) -> dict[str, Any]:

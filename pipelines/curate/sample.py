@@ -21,6 +21,7 @@ from worldclip.pipelines import balancing, dedup, layout, refs, wds
 from worldclip.pipelines.arrowio import read_parquet, write_parquet
 from worldclip.pipelines.curate.match import INDEX_SCHEMA
 from worldclip.platform import storage
+from worldclip.platform.execution import ItemActor
 
 
 @dataclass
@@ -94,8 +95,8 @@ def write_wds(rows: list[tuple[str, bytes, dict]], url: str, pairs_per_shard: in
     return files
 
 
-class SampleActor:
-    """Ray Data worker for pass 2: one row = one shard (its pass-1 stats as JSON)."""
+class SampleActor(ItemActor):
+    """Pass-2 actor (platform/execution.py): one item = one shard's pass-1 stats."""
 
     def __init__(self, settings: SampleSettings, curation_out: str, probs_ref: Any) -> None:
         import ray
@@ -103,9 +104,6 @@ class SampleActor:
         self.s = settings
         self.curation_out = curation_out
         self.probs = ray.get(probs_ref) if isinstance(probs_ref, ray.ObjectRef) else probs_ref
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        return {"stats": [json.dumps(self.process(json.loads(str(j)))) for j in batch["job"]]}
 
     def process(self, shard: dict[str, Any]) -> dict[str, Any]:
         """Sample one shard (`shard`: its pass-1 stats) and write what the mode asks for."""

@@ -38,8 +38,9 @@ from worldclip.pipelines.curate.sample import SampleActor, SampleSettings, entry
 from worldclip.pipelines.limits import ReadLimits
 from worldclip.pipelines.metadata import MERGED, MetadataStore
 from worldclip.pipelines.shards import sidecar_reason
-from worldclip.platform import owned, storage
+from worldclip.platform import owned, ranges, storage
 from worldclip.platform.config import ConfigError, save_config
+from worldclip.platform.execution import map_items
 from worldclip.platform.lease import Lease
 from worldclip.platform.overlap import check_stage_io
 
@@ -71,7 +72,7 @@ def _list_inputs(pattern: str) -> list[str]:
 def _identities(urls: list[str]) -> dict[str, dict[str, Any]]:
     """Raw shard identities, read before any shard is (one HEAD/stat each, in parallel)."""
     with ThreadPoolExecutor(16) as pool:
-        return dict(zip(urls, pool.map(storage.identity, urls), strict=True))
+        return dict(zip(urls, pool.map(ranges.identity, urls), strict=True))
 
 
 def _stored(out: str, sid: str) -> dict[str, Any] | None:
@@ -93,8 +94,6 @@ def run_match(cfg: DictConfig, metadata_hashes: dict[str, str]
               ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Pass 1 over every input shard without a stored result under the same key.
     -> (every covered shard's stats, in input order; what changed since the last run)."""
-    import ray
-
     c = cfg.curation
     urls = _list_inputs(c.input)
     settings = MatchSettings.from_config(c)
@@ -126,19 +125,10 @@ def run_match(cfg: DictConfig, metadata_hashes: dict[str, str]
                     "leave the curation", before["shards"][sid]["url"], sid)
     log.info("pass 1 (match): %d shards: %d reused, %d new, %d changed, %d removed",
              len(urls), changes["reused"], changes["added"], changes["changed"], len(gone))
-    if jobs:
-        ds = ray.data.from_items([{"job": json.dumps(j)} for j in jobs],
-                                 override_num_blocks=len(jobs))
-        ds = ds.map_batches(MatchActor, fn_constructor_args=(settings, c.out),
-                            # SPREAD: the match actors go to every node, not packed on one
-                            batch_size=1, num_cpus=1, scheduling_strategy="SPREAD",
-                            compute=ray.data.ActorPoolStrategy(size=min(c.concurrency,
-                                                                        len(jobs))))
-        for row in ds.iter_rows():
-            s = json.loads(row["stats"])
-            stats[s["shard"]] = s
-            for e in s["errors"]:
-                log.warning(e)
+    for s in map_items(jobs, MatchActor, (settings, c.out), c.concurrency):
+        stats[s["shard"]] = s
+        for e in s["errors"]:
+            log.warning(e)
     delta = {"shards": len(urls), "reused": changes["reused"], "added": changes["added"],
              "changed": changes["changed"], "removed": len(gone),
              "changed_shards": changed_shards[:20],
@@ -235,14 +225,8 @@ def run_sample(cfg: DictConfig, match_stats: list[dict[str, Any]],
                                       t_lang=thresholds.t_lang,
                                       pairs_per_shard=c.pairs_per_output_shard,
                                       bytes_per_shard=c.bytes_per_output_shard)
-            ds = ray.data.from_items([{"job": json.dumps(s)} for s in todo],
-                                     override_num_blocks=len(todo))
-            ds = ds.map_batches(SampleActor, fn_constructor_args=(settings, c.out,
-                                                                  ray.put(probs)),
-                                batch_size=1, num_cpus=1, scheduling_strategy="SPREAD",
-                                compute=ray.data.ActorPoolStrategy(
-                                    size=min(c.concurrency, len(todo))))
-            for _ in ds.iter_rows():
+            for _ in map_items(todo, SampleActor, (settings, c.out, ray.put(probs)),
+                               c.concurrency):
                 pass
         sample_stats = [storage.read_json(layout.sample_stats(out, s["id"]))
                         for s in per_shard]
@@ -297,7 +281,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     c = cfg.curation
     for url in (c.out, c.balanced_out):
         owned.claim_dir(url)
-    with Lease(c.out, "curation.out"), Lease(c.balanced_out, "curation.balanced_out"):
+    with Lease(c.out, "curation.out") as held, Lease(c.balanced_out,
+                                                     "curation.balanced_out") as held_b:
         save_config(cfg, c.out)
         # Load and validate every metadata file here, on the driver: a bad file fails now
         # with its name, not later inside a worker's traceback.
@@ -308,6 +293,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         dedup.run(cfg, match_stats)  # exact dedup + eval decontamination, before counting
         counts = _counts(cfg, store, match_stats)
         thr = thresholds_from_counts(cfg, counts)
+        held.check()
+        held_b.check()
         versions = _record_version(c.out, match_stats, delta, counts, thr.t_lang)
         card = run_sample(cfg, match_stats, counts, thr, hashes, started, versions)
     return summary(card)
@@ -329,7 +316,7 @@ def run_rebalance(cfg: DictConfig) -> dict[str, Any]:
         raise FileNotFoundError(f"{layout.manifest_file(c.out)}: no curation to rebalance; "
                                 "run `worldclip curate` first (rebalance reuses its matches "
                                 "and counts)")
-    with Lease(c.balanced_out, "curation.balanced_out"):
+    with Lease(c.balanced_out, "curation.balanced_out") as held:
         counts = load_counts(layout.global_counts(c.out))
         store = MetadataStore(c.metadata, merged=c.merged_metadata)
         if set(counts) != set(store.groups):
@@ -340,6 +327,7 @@ def run_rebalance(cfg: DictConfig) -> dict[str, Any]:
         match_stats = [storage.read_json(layout.stats_file(c.out, sid))
                        for sid in manifest["shards"]]
         thr = thresholds_from_counts(cfg, counts)
+        held.check()
         card = run_sample(cfg, match_stats, counts, thr, store.hashes(), started)
     return summary(card)
 

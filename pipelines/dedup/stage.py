@@ -28,32 +28,31 @@ from worldclip.pipelines.dedup.hooks import (
 from worldclip.pipelines.dedup.report import thumbnail_grid
 from worldclip.pipelines.dedup.tables import HIT_SCHEMA, REMOVED_SCHEMA, _parquet_bytes, _read
 from worldclip.platform import owned, storage
+from worldclip.platform.execution import ItemActor, chunked, map_items, run_tasks
 
 log = logging.getLogger(__name__)
 
 
-class HashActor:
-    """Ray Data actor: one row = one shard name whose hash columns are missing (a shard
-    matched before dedup was on, or before eval sets were listed): reads its match file once
-    and writes the missing <shard>.<column>.parquet files (resumable: the files mark it)."""
+class HashActor(ItemActor):
+    """One item = one shard id whose hash columns are missing (a shard matched before dedup
+    was on, or before eval sets were listed): reads its images by reference once and writes
+    the missing <id>.<column>.parquet files (resumable: the files mark it)."""
 
     def __init__(self, out: str, columns: tuple[str, ...]) -> None:
         self.out = out
         self.columns = columns
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        for n in batch["shard"]:
-            name = str(n)
-            missing = tuple(c for c in self.columns
-                            if not storage.exists(hash_url(self.out, name, c)))
-            if missing:
-                keys, images = matched_images(self.out, name)
-                write_hash_columns(storage.join(self.out, "matches", name), keys, images,
-                                   missing)
-        return {"shard": list(batch["shard"])}
+    def process(self, item: dict[str, Any]) -> str:
+        name = item["shard"]
+        missing = tuple(c for c in self.columns
+                        if not storage.exists(hash_url(self.out, name, c)))
+        if missing:
+            keys, images = matched_images(self.out, name)
+            write_hash_columns(storage.join(self.out, "matches", name), keys, images, missing)
+        return name
 
 
-def _compare_task(out: str, names: list[str], evals: dict[str, Any], max_distance: int,
+def _compare_task(names: list[str], out: str, evals: dict[str, Any], max_distance: int,
                   hits_dir: str) -> None:
     """Ray task: the phash column of some shards against every eval hash -> hit files."""
     for name in names:
@@ -91,7 +90,7 @@ def _reduce_sha(*tables: pa.Table) -> pa.Table:
     return exact_duplicates(pa.concat_tables(tables))
 
 
-def _subtract_task(out: str, items: list[tuple[str, pa.Table]]) -> None:
+def _subtract_task(items: list[tuple[str, pa.Table]], out: str) -> None:
     """Ray task: for some shards, the counts their removed rows had added (see module doc)."""
     for name, removed in items:
         m = _read(storage.join(out, "matches", f"{name}.parquet"),
@@ -153,12 +152,8 @@ def run(cfg: DictConfig, match_stats: list[dict[str, Any]]) -> dict[str, Any]:
     to_hash = [n for n in names if any(n not in have[col] for col in columns)]
     if to_hash:  # normally none: pass 1 writes the hash columns (write_hash_columns)
         log.info("dedup: hashing %d shards matched without hash columns", len(to_hash))
-        ds = ray.data.from_items([{"shard": n} for n in to_hash],
-                                 override_num_blocks=len(to_hash))
-        ds = ds.map_batches(HashActor, fn_constructor_args=(out, columns), batch_size=1,
-                            num_cpus=1, compute=ray.data.ActorPoolStrategy(
-                                size=min(int(c.concurrency), len(to_hash))))
-        for _ in ds.iter_rows():
+        for _ in map_items([{"shard": n} for n in to_hash], HashActor, (out, columns),
+                           int(c.concurrency)):
             pass
     if hits_dir:
         done = {posixpath.basename(u)[: -len(".parquet")]
@@ -169,10 +164,8 @@ def run(cfg: DictConfig, match_stats: list[dict[str, Any]]) -> dict[str, Any]:
         ev = ray.put({"key": evals.column("key").to_pylist(),
                       "eval_set": evals.column("eval_set").to_pylist(),
                       "phash": evals.column("phash").to_numpy()})
-        task = ray.remote(num_cpus=1)(_compare_task)
         step = max(1, -(-len(todo) // (2 * int(c.concurrency))))
-        ray.get([task.remote(out, todo[i: i + step], ev, s["max_distance"], hits_dir)
-                 for i in range(0, len(todo), step)])
+        run_tasks(_compare_task, chunked(todo, step), out, ev, s["max_distance"], hits_dir)
     removed: dict[str, dict[str, tuple[str, str]]] = defaultdict(dict)
     by_set: Counter = Counter()
     examples: list[dict[str, Any]] = []
@@ -202,9 +195,8 @@ def run(cfg: DictConfig, match_stats: list[dict[str, Any]]) -> dict[str, Any]:
             items.append((n, pa.table({"key": keys, "reason": [rows[k][0] for k in keys],
                                        "detail": [rows[k][1] for k in keys]},
                                       schema=REMOVED_SCHEMA)))
-    task = ray.remote(num_cpus=1)(_subtract_task)
     step = max(1, -(-len(items) // (2 * int(c.concurrency))))
-    ray.get([task.remote(out, items[i: i + step]) for i in range(0, len(items), step)])
+    run_tasks(_subtract_task, chunked(items, step), out)
     state_digest = hashlib.sha256(json.dumps(
         {n: sorted(r.items()) for n, r in sorted(removed.items())}).encode()).hexdigest()[:16]
     summary = {"exact": s["exact"], "duplicate_image": n_dup,

@@ -1,7 +1,7 @@
 """Curation by reference (issue 14): bytes kept, rebalance vs full curation, incremental.
 
     RAY_USAGE_STATS_ENABLED=0 OMP_NUM_THREADS=1 .venv/bin/python bench/bench_byref.py \
-        [--pairs 100000] [--shards 20] [--repeats 3] [--incremental-repeats 2] [--ray-cpus 4]
+        [--pairs 100000] [--shards 20] [--repeats 7] [--incremental-repeats 2] [--ray-cpus 4]
     quick (~3 min): ... bench/bench_byref.py --pairs 10000 --shards 10
 
 Two embedded worlds (WebDataset shards only, the same pairs per shard): the pool (--pairs in
@@ -179,7 +179,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=100_000, help="the pool (10x the small one)")
     ap.add_argument("--shards", type=int, default=20,
                     help="shards of the pool (a multiple of 10: the small world has a tenth)")
-    ap.add_argument("--repeats", type=int, default=3, help="alternating rebalances per size")
+    ap.add_argument("--repeats", type=int, default=7, help="alternating rebalances per size")
     ap.add_argument("--incremental-repeats", type=int, default=2,
                     help="incremental runs, each with a clean curation beside it")
     ap.add_argument("--ray-cpus", type=int, default=4,

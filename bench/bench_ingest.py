@@ -178,7 +178,10 @@ def main() -> None:
     def rate(rs: list[dict[str, Any]]) -> float:
         return n / statistics.median(r["seconds"] for r in rs)
 
-    print(f"curated ({args.mode}) from a {args.pairs:,}-pair world: {summary['kept']:,} kept; "
+    # online: nothing is kept at curation (the stream draws per epoch); the match index size
+    curated = (f"{summary['kept']:,} kept" if summary["kept"] is not None
+               else f"{summary.get('indexed', 0):,} in the match index")
+    print(f"curated ({args.mode}) from a {args.pairs:,}-pair world: {curated}; "
           f"epoch 0 = {n:,} samples at {args.image_size} px (setup {setup_s:.0f}s); "
           f"load average {load0:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"Ray: num_cpus={args.ray_cpus}, ingest task CPUs {args.ingest_cpus}; DataLoader: "

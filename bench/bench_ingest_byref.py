@@ -2,7 +2,7 @@
 stream worker peak RSS at 10x the pool.
 
     RAY_USAGE_STATS_ENABLED=0 OMP_NUM_THREADS=1 .venv/bin/python bench/bench_ingest_byref.py \
-        [--pairs 20000] [--pairs-per-shard 2000] [--passes 3] [--storage local,s3]
+        [--pairs 20000] [--pairs-per-shard 2000] [--passes 5] [--storage local,s3]
     quick (~3 min): ... bench/bench_ingest_byref.py --pairs 5000 --pairs-per-shard 500 --passes 2
 
 Setup (not timed): an embedded world (WebDataset shards) and a tenth of it (same pairs per
@@ -277,7 +277,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=20_000, help="embedded world size (the pool)")
     ap.add_argument("--pairs-per-shard", type=int, default=2000)
     ap.add_argument("--image-size", type=int, default=32, help="32 = the tiny preset's")
-    ap.add_argument("--passes", type=int, default=3)
+    ap.add_argument("--passes", type=int, default=5)
     ap.add_argument("--storage", default="local,s3", help="local, s3 or local,s3")
     ap.add_argument("--ray-cpus", type=int, default=2)
     ap.add_argument("--ingest-cpus", type=float, default=1.0)

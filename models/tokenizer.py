@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from worldclip.models.presets import CONTEXT_LENGTH
+
 logger = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>")  # ids 0, 1, 2, 3 as in XLM-V
-CONTEXT_LENGTH = 77
 # Captions longer than this many characters per context slot are cut before tokenising: no
 # real token spans 64 characters, so the kept prefix still fills the context.
 _CHARS_PER_TOKEN_CAP = 64

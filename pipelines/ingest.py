@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from worldclip.models.presets import CONTEXT_LENGTH
 from worldclip.pipelines import balancing, dedup, layout, refs
 from worldclip.pipelines.arrowio import read_parquet
 from worldclip.pipelines.curate import balance
@@ -278,8 +279,8 @@ def preprocess(batch: dict[str, np.ndarray], tokenizer_dir: str, image_size: int
     if n:
         tok = tokenize(cached_tokenizer(tokenizer_dir), texts, return_tensors="np")
     else:
-        tok = {"input_ids": np.zeros((0, 77), np.int64),
-               "attention_mask": np.zeros((0, 77), np.int64)}
+        tok = {"input_ids": np.zeros((0, CONTEXT_LENGTH), np.int64),
+               "attention_mask": np.zeros((0, CONTEXT_LENGTH), np.int64)}
     return {"pixel_values": pixels, "input_ids": tok["input_ids"],
             "attention_mask": tok["attention_mask"],
             "pos": np.asarray(batch["pos"], np.int64), "dropped": (drop > 0).astype(np.int64),

@@ -16,19 +16,3 @@ stream (docs/architecture.md, "Training"). One job per module:
 
 Checkpoint resolution and HF export are pipelines/checkpoint_io.py (shared with evaluation).
 """
-
-from __future__ import annotations
-
-import importlib
-from typing import Any
-
-# `worldclip tune` (pipelines/tune/) calls these as train.<name>; loaded on first use so that
-# importing one component (engine.py in bench/) does not start Ray Train's import
-_STAGE_NAMES = {"build_trainer": "stage", "plan_steps": "stage", "run_dir": "stage",
-                "prepare_tokenizer": "tokenizer"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _STAGE_NAMES:
-        return getattr(importlib.import_module(f"{__name__}.{_STAGE_NAMES[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

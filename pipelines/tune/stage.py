@@ -78,7 +78,7 @@ def matched_captions(out: str, limit: int = 200_000) -> Iterator[str]:
 def shared_tokenizer(cfg: DictConfig) -> str:
     """One tokenizer for every trial: train.tokenizer, or one trained on the matched captions
     into <tune.out>/tokenizer (train.prepare_tokenizer, as `worldclip train` does)."""
-    from worldclip.pipelines.train import prepare_tokenizer
+    from worldclip.pipelines.train.tokenizer import prepare_tokenizer
 
     url, _ = prepare_tokenizer(
         cfg, captions=matched_captions(cfg.curation.out),

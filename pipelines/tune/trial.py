@@ -58,7 +58,7 @@ def epochs_for_budget(cfg: DictConfig, cap: int = 1000) -> int:
     """The fewest epochs whose step plan (train.plan_steps, the one the train loop follows)
     reaches train.max_steps however few pairs the trial kept: the proxy budget is a fixed
     number of steps, not a number of passes over the data."""
-    from worldclip.pipelines.train import plan_steps
+    from worldclip.pipelines.train.stage import plan_steps
 
     target = int(cfg.train.max_steps)
     probe = copy.deepcopy(cfg)
@@ -113,7 +113,8 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], tokenizer: str) -> N
     import ray
     from ray import tune
 
-    from worldclip.pipelines import curate, ingest, train
+    from worldclip.pipelines import curate, ingest
+    from worldclip.pipelines.train import stage as train
     from worldclip.pipelines.tune.ray_compat import placement_group_recorder
 
     trial_id = tune.get_context().get_trial_id()

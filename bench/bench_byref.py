@@ -240,7 +240,7 @@ def main() -> None:
             by_kind["balancing artifact (balance.json + .npz)"] = sum(artifact.values())
 
             # ---- rebalance: pool vs its tenth, alternating, a new p each time
-            reb: dict[str, list[float]] = {"big": [], "small": []}
+            reb: dict[str, list[float]] = {"big": [], "small": [], "big_noplots": []}
             reb_steps: dict[str, float] = {}
             for i in range(args.repeats):
                 p = f"curation.p={0.05 + 0.001 * i:.3f}"
@@ -253,6 +253,11 @@ def main() -> None:
                     if name == "big":
                         reb_steps = {k: reb_steps.get(k, 0.0) + v / args.repeats
                                      for k, v in st.items()}
+                        # as a Tune trial runs it: the artifact and data card, no plots
+                        ncfg = make_config(cfg0.storage.root, cfg0.world.pairs, per_shard, p,
+                                           f"curation.balanced_out={cfg0.storage.root}/rb-np",
+                                           "curation.plots=false")
+                        reb["big_noplots"].append(steps.run(curate.run_rebalance, ncfg)[0])
             print(f"rebalances: pool {reb['big']}, tenth {reb['small']}", flush=True)
 
             # ---- incremental: 90% of the shards, then all of them, into one curation.out;
@@ -308,6 +313,9 @@ def main() -> None:
         ("curate.run, pool (full, clean)", full_s, "1.00x", "baseline"),
         ("curate.run_rebalance, pool", reb_big, f"{full_s / reb_big:.1f}x",
          f"full/rebalance, goal >= 50x (median of {args.repeats})"),
+        ("curate.run_rebalance, pool, plots=false", statistics.median(reb["big_noplots"]),
+         f"{full_s / statistics.median(reb['big_noplots']):.1f}x",
+         "full/rebalance as a Tune trial runs it (no plots)"),
         ("curate.run_rebalance, tenth of the pool", reb_small, "1.00x", "baseline"),
         ("curate.run_rebalance, pool (10x)", reb_big, f"{reb_big / reb_small:.2f}x",
          "10x/1x, goal <= 1.5x"),

@@ -8,7 +8,7 @@ side in one run:
       (`ShardMatcher.match_shard`: parse, LID, matching, counts) vs the hash columns of its
       matched images (`dedup.hash_table`: sha256 + phash) -- the per-image work dedup adds.
   (b) the Ray pipeline (--ray-cpus logical CPUs, curation.concurrency=2 actors):
-      `curate.run_match` without hashing (curation.dedup=false) = pass 1; the same with
+      `curate.stage.run_match` without hashing (curation.dedup=false) = pass 1; the same with
       curation.dedup=true and curation.decontaminate=[the world's eval set] (hash columns
       written by the match actors), then `dedup.run` (eval comparison, the global
       exact-duplicate map/reduce, the count subtraction). Cost = (pass 1 with hashing - pass
@@ -36,7 +36,16 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from worldclip.pipelines import curate, dedup, lid, world
+from worldclip.pipelines.curate import stage
+from worldclip.pipelines.metadata import MetadataStore
+from worldclip.pipelines.shards import parse_shard
 from worldclip.platform.config import apply_storage, load_config
+
+
+def match(cfg: Any) -> list[dict[str, Any]]:
+    """Pass 1 as `worldclip curate` runs it (keyed by the metadata's hashes): shard stats."""
+    store = MetadataStore(cfg.curation.metadata, merged=cfg.curation.merged_metadata)
+    return stage.run_match(cfg, store.hashes())[0]
 
 
 def make_config(root: str, pairs: int, shards: int, *overrides: str) -> Any:
@@ -65,11 +74,13 @@ def one_core(cfg: Any, paths: list[str], repeats: int) -> tuple[float, float]:
     tm, th = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        tables = [m.match_shard(d, p)[0] for d, p in zip(datas, paths, strict=True)]
+        parsed = [parse_shard(d, p) for d, p in zip(datas, paths, strict=True)]
+        for res, p in zip(parsed, paths, strict=True):
+            m.match_parsed(res, p)  # leaves the matched pairs (and their images) in res
         tm.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        for t in tables:
-            keys, images = t.column("key").to_pylist(), t.column("image").to_pylist()
+        for res in parsed:
+            keys, images = [r["key"] for r in res.records], [r["image"] for r in res.records]
             dedup.hash_table(keys, images, "sha256")
             dedup.hash_table(keys, images, "phash")
         th.append(time.perf_counter() - t0)
@@ -102,14 +113,14 @@ def main() -> None:
             # runs use is started and has imported its modules -- a steady-state cluster
             warm = make_config(root, args.pairs, args.shards, f"curation.out={root}/warm",
                                f"curation.decontaminate=[{evals}]")
-            dedup.run(warm, curate.run_match(warm))
+            dedup.run(warm, match(warm))
             p1 = make_config(root, args.pairs, args.shards, f"curation.out={root}/p",
                              "curation.dedup=false")
-            _, match_s = timed(curate.run_match, p1)
+            _, match_s = timed(match, p1)
             full = make_config(root, args.pairs, args.shards, f"curation.out={root}/c",
                                f"curation.decontaminate=[{evals}]",
                                f"curation.decontaminate_hamming={args.hamming}")
-            stats, hashed_s = timed(curate.run_match, full)
+            stats, hashed_s = timed(match, full)
             summary, dedup_s = timed(dedup.run, full, stats)
         finally:
             ray.shutdown()

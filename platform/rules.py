@@ -128,6 +128,7 @@ RULES: dict[str, Rule] = {
     "curation.p": _num(0.0, 1.0, lo_open=True, null=True),
     "curation.threshold_mode": _choice("per_language", "single", "none"),
     "curation.min_t_lang": _num(0.0),
+    "curation.plots": _BOOL,
     "curation.merged_metadata": _BOOL, "curation.mode": _choice("offline", "online"),
     "curation.seed": _SEED, "curation.batch_size": _int(1), "curation.concurrency": _int(1),
     "curation.pairs_per_output_shard": _int(1), "curation.bytes_per_output_shard": _int(0),

@@ -77,6 +77,9 @@ class CurationConfig:
     # On a small pool p can give a language t = 0, dropping all of it; a floor of 1 keeps
     # its rarest entries (docs/curation.md, "Small languages").
     min_t_lang: float = 0.0
+    # Curation plots (plots/*.png beside the data card). Drawing them is most of what a
+    # rebalance costs; Tune trials turn them off (docs/curation.md, "Balancing artifact").
+    plots: bool = True
     merged_metadata: bool = False  # ablation: one metadata list for all languages
     mode: str = "offline"  # offline (write curated shards) | online (balancing artifact)
     seed: int = 0

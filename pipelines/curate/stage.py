@@ -237,12 +237,14 @@ def run_sample(cfg: DictConfig, match_stats: list[dict[str, Any]],
         card["versions"] = versions
     storage.write_json(storage.join(out, "datacard.json"), card)
     save_config(cfg, out)
-    try:
+    if c.plots:
         from worldclip.pipelines.report import plot_curation
 
         plot_curation(card, counts, thresholds, storage.join(out, "plots"))
-    except ImportError:  # matplotlib is a dependency; keep curation alive without plots
-        log.warning("matplotlib missing: no curation plots")
+    else:  # no plots of other thresholds left beside this data card
+        for png in ("languages.png", "long_tail.png"):
+            owned.remove_owned(storage.join(out, "plots", png), "curation.balanced_out",
+                               owner=out)
     return card
 
 

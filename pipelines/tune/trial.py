@@ -41,6 +41,7 @@ def trial_config(base: dict[str, Any], params: dict[str, Any], trial_dir: str,
     # a trial is a new balancing artifact and nothing else: the proxy training streams the
     # stored match index by reference (docs/curation.md, "Balancing artifact")
     c.mode = "online"
+    c.plots = False
     t.data = c.balanced_out
     t.out, t.name = trial_dir, "proxy"
     t.tokenizer = tokenizer

@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import posixpath
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -99,6 +100,21 @@ class Source:
                 n += 1
                 if n >= limit:
                     return
+
+
+def draw_summary(source: Source, epoch: int = 0) -> dict[str, Any]:
+    """An online-by-reference dataset's draw of one epoch, counted without reading an image:
+    kept pairs, in total and by the language of their first caption (as the data card's
+    `languages`). What a Tune trial reports as its curated size."""
+    b = source.balance
+    langs: Counter = Counter()
+    for f in source.files:
+        shard = source.shard_of(f)
+        table, _ = dedup.apply_removed(read_parquet(f), b.curation_out, shard["id"])
+        _, keep, _ = sample_shard(table, b.probs(), b.seed, epoch)
+        firsts = table.column("langs").to_pylist()
+        langs.update(firsts[i][0] for i in np.flatnonzero(keep))
+    return {"epoch": epoch, "kept": sum(langs.values()), "languages": dict(langs)}
 
 
 def draw_by_reference(source: Source, file: str, seed: int, epoch: int,

@@ -156,10 +156,11 @@ class MatchActor(ItemActor):
         self.node = ray.get_runtime_context().get_node_id()  # for the report: who did what
 
     def process(self, job: dict[str, Any]) -> dict[str, Any]:
-        return {**match_to_files(self.matcher, self.out, job), "node": self.node}
+        return match_to_files(self.matcher, self.out, job, self.node)
 
 
-def match_to_files(matcher: ShardMatcher, out: str, job: dict[str, Any]) -> dict[str, Any]:
+def match_to_files(matcher: ShardMatcher, out: str, job: dict[str, Any], node: str = ""
+                   ) -> dict[str, Any]:
     """Pass 1 of one shard: match it and write its files under its id (pipelines/layout.py).
 
     `job` carries the raw shard's url, the identity read BEFORE the shard is (a shard that
@@ -167,7 +168,7 @@ def match_to_files(matcher: ShardMatcher, out: str, job: dict[str, Any]) -> dict
     url, sid = job["url"], job["id"]
     parsed = load_shard(url, matcher.s.limits)
     matched, counts, stats = matcher.match_parsed(parsed, url)
-    stats.update(id=sid, identity=job["identity"], key=job["key"])
+    stats.update(id=sid, identity=job["identity"], key=job["key"], node=node)
     write_parquet(layout.match_file(out, sid), matched)
     write_parquet(layout.counts_file(out, sid), counts)
     dedup.write_hash_columns(storage.join(layout.matches_dir(out), sid),

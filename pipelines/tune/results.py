@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from worldclip.pipelines.tune.paths import trial_dir_for
+from worldclip.pipelines.tune.paths import epoch0_url, trial_dir_for
 from worldclip.pipelines.tune.search import METRIC, TIME_ATTR
 from worldclip.platform import storage
 
@@ -108,14 +108,17 @@ def collect_rows(cfg: DictConfig, grid: Any) -> list[dict[str, Any]]:
             by_step = {int(s): float(m) for s, m in zip(df[TIME_ATTR], df[METRIC], strict=True)}
             hist = [[s, by_step[s]] for s in sorted(by_step)]
         bal = card.get("balancing", {})
+        # a trial is an online balancing artifact: its size is the epoch-0 draw (trial.py)
+        e0_url = epoch0_url(tc.out, tid)
+        drawn = storage.read_json(e0_url) if storage.exists(e0_url) else {}
         row = {
             "trial_id": tid,
             "threshold_mode": res.config.get("threshold_mode", cfg.curation.threshold_mode),
             "p": res.config.get("p"), "t_en": res.config.get("t_en"),
             "derived_t_en": bal.get("t_en"), "derived_p": bal.get("p"),
             "t_lang": bal.get("t_lang"),
-            "kept": card.get("accounting", {}).get("kept"),
-            "languages": {g: v["kept"] for g, v in card.get("languages", {}).items()},
+            "kept": drawn.get("kept"),
+            "languages": drawn.get("languages", {}),
             "last_step": hist[-1][0] if hist else None,
             METRIC: hist[-1][1] if hist else None,
             f"best_{METRIC}": max(m for _, m in hist) if hist else None,

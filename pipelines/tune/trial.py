@@ -17,7 +17,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from worldclip.pipelines.tune.paths import done_url, pg_list_url, reports_url, trial_dir_for
+from worldclip.pipelines.tune.paths import (
+    done_url,
+    epoch0_url,
+    pg_list_url,
+    reports_url,
+    trial_dir_for,
+)
 from worldclip.pipelines.tune.search import METRIC
 from worldclip.platform import owned, storage
 from worldclip.platform.config import apply_storage
@@ -138,8 +144,9 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], tokenizer: str) -> N
     storage.write_json(storage.join(tdir, "params.json"), {"trial_id": trial_id, **params})
     ray.data.DataContext.get_current().enable_progress_bars = False  # Tune shows progress
     summary = curate.run_rebalance(cfg)  # the balancing artifact only: no matching, no images
-    src = ingest.Source.open(cfg.train.data)
-    summary["kept"] = sum(ingest.file_row_counts(src, list(src.files), cfg.train.seed, 0))
+    drawn = ingest.draw_summary(ingest.Source.open(cfg.train.data), epoch=0)
+    storage.write_json(epoch0_url(out, trial_id), drawn)  # the trial's curated size (results.py)
+    summary["kept"] = drawn["kept"]
     cfg.train.epochs = epochs_for_budget(cfg)
     extra = {"kept": summary["kept"], "derived_t_en": summary["t_en"],
              "derived_p": summary["p"]}

@@ -27,7 +27,7 @@ otherwise (fastText LID, dedup on).
                the shards into a fresh curation.out (the full one above, and one more between
                --incremental-repeats runs; medians): goal <= 0.2x. Each result must equal the
                clean one: counts.npz arrays, t_lang, every shard's match index table, and the
-               online draws (the keys and texts `ingest.draw_by_reference(images=False)`
+               online draws (the keys and texts `draw.draw_by_reference(images=False)`
                keeps, epochs 0 and 1, per shard) -> IDENTICAL or DIFFERENT.
   steps        where the full and the (last) incremental curate.run and the pool's
                rebalances spend their time: pass 1 (stage.run_match), dedup (dedup.run),
@@ -138,7 +138,7 @@ def kind_of(rel: str) -> str:
 
 def compare_curations(clean: Any, incr: Any) -> list[str]:
     """What differs between two curations of the same inputs ([] = identical)."""
-    from worldclip.pipelines import ingest, layout
+    from worldclip.pipelines import draw, ingest, layout
     from worldclip.pipelines.arrowio import read_parquet
     from worldclip.pipelines.curate import balance, load_counts
 
@@ -163,9 +163,9 @@ def compare_curations(clean: Any, incr: Any) -> list[str]:
         ingest.Source.open(incr.curation.balanced_out)
     for epoch in (0, 1):
         for fa, fb in zip(sa.files, sb.files, strict=True):
-            ka = [(r["key"], r["text"]) for r in ingest.draw_by_reference(
+            ka = [(r["key"], r["text"]) for r in draw.draw_by_reference(
                 sa, fa, sa.balance.seed, epoch, images=False)]
-            kb = [(r["key"], r["text"]) for r in ingest.draw_by_reference(
+            kb = [(r["key"], r["text"]) for r in draw.draw_by_reference(
                 sb, fb, sb.balance.seed, epoch, images=False)]
             if ka != kb:
                 diffs.append(f"online draws of {os.path.basename(fa)} epoch {epoch}")

@@ -19,20 +19,17 @@ import io
 import json
 import logging
 import posixpath
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from worldclip.models.presets import CONTEXT_LENGTH
-from worldclip.pipelines import balancing, dedup, layout, refs
+from worldclip.pipelines import balancing, draw, layout
 from worldclip.pipelines.arrowio import read_parquet
 from worldclip.pipelines.curate import balance
-from worldclip.pipelines.curate.sample import sample_shard
 from worldclip.pipelines.limits import DEFAULT_LIMITS, ReadLimits
 from worldclip.pipelines.shards import ShardResult, bounded_row_groups, open_parquet, parse_wds
 from worldclip.pipelines.transforms import BadImage, train_transform
@@ -100,50 +97,6 @@ class Source:
                 n += 1
                 if n >= limit:
                     return
-
-
-def draw_summary(source: Source, epoch: int = 0) -> dict[str, Any]:
-    """An online-by-reference dataset's draw of one epoch, counted without reading an image:
-    kept pairs, in total and by the language of their first caption (as the data card's
-    `languages`). What a Tune trial reports as its curated size."""
-    b = source.balance
-    langs: Counter = Counter()
-    for f in source.files:
-        shard = source.shard_of(f)
-        table, _ = dedup.apply_removed(read_parquet(f), b.curation_out, shard["id"])
-        _, keep, _ = sample_shard(table, b.probs(), b.seed, epoch)
-        firsts = table.column("langs").to_pylist()
-        langs.update(firsts[i][0] for i in np.flatnonzero(keep))
-    return {"epoch": epoch, "kept": sum(langs.values()), "languages": dict(langs)}
-
-
-def draw_by_reference(source: Source, file: str, seed: int, epoch: int,
-                      images: bool = True) -> list[dict[str, Any]]:
-    """The epoch's draw of one match-index file: P per text on the fly from the balancing
-    artifact's entry probabilities, one text and a keep-coin per pair (the same function and
-    randomness as offline pass 2, so epoch 0 equals the offline sample), then the kept pairs'
-    images read by reference from the raw shard (pipelines/refs.py; a changed shard stops
-    the stream with StaleReference). images=False: keys and texts only (row counts)."""
-    b = source.balance
-    shard = source.shard_of(file)
-    table = read_parquet(file)
-    table, _ = dedup.apply_removed(table, b.curation_out, shard["id"])
-    chosen, keep, _ = sample_shard(table, b.probs(), b.seed, epoch)
-    idx = np.flatnonzero(keep)
-    kept = table.take(pa.array(idx, pa.int64()))
-    lengths = kept.column("ref_length").to_numpy(zero_copy_only=False)
-    too_big = np.nan_to_num(lengths.astype(np.float64)) > source.limits.max_record_bytes
-    imgs: list[bytes | None] = [None] * len(idx)
-    if images and len(idx):
-        readable = kept.filter(pa.array(~too_big))
-        it = iter(refs.read_images(shard["shard"], shard["kind"], readable,
-                                   shard.get("identity"), shard.get("image_column", "")))
-        imgs = [None if big else next(it) for big in too_big]
-    texts = kept.column("texts").to_pylist()
-    return [{"key": k, "image": img, "text": texts[r][int(chosen[j])],
-             "drop": "record_too_large" if too_big[r] else ""}
-            for r, (j, k, img) in enumerate(zip(idx.tolist(), kept.column("key").to_pylist(),
-                                                imgs, strict=True))]
 
 
 def read_rows(mode: str, url: str, limits: ReadLimits = DEFAULT_LIMITS
@@ -227,7 +180,7 @@ def _load_file(item: dict[str, Any], mode: str, seed: int, epoch: int,
                ) -> list[dict[str, Any]]:
     """One file -> its rows of the epoch, shuffled (seeded), after `skip`."""
     if source is not None and source.balance is not None:
-        rows = draw_by_reference(source, item["url"], seed, epoch)
+        rows = draw.draw_by_reference(source, item["url"], seed, epoch)
     else:
         rows = redraw(read_rows(mode, item["url"], limits), mode, seed, epoch)
     if rows:
@@ -321,7 +274,7 @@ def file_row_counts(source: Source, files: list[str], seed: int, epoch: int) -> 
         if source.mode == "offline":  # the curation's per-shard stats hold the kept count
             counts.append(offline[posixpath.basename(f)])
         elif source.balance is not None:
-            counts.append(len(draw_by_reference(source, f, seed, epoch, images=False)))
+            counts.append(len(draw.draw_by_reference(source, f, seed, epoch, images=False)))
         else:
             t = pq.read_table(io.BytesIO(storage.read_bytes(f)),
                               columns=["key", "entry_ids", "text_probs"])

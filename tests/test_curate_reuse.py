@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import make_config
 
-from worldclip.pipelines import curate, ingest, layout, refs, world
+from worldclip.pipelines import curate, draw, ingest, layout, refs, world
 from worldclip.pipelines.arrowio import read_parquet
 from worldclip.platform import storage
 from worldclip.platform.config import ConfigError
@@ -58,7 +58,7 @@ def _result(cfg) -> dict:
     tables = {sid: read_parquet(layout.match_file(c.out, sid)) for sid in man["shards"]}
     counts = curate.load_counts(layout.global_counts(c.out))
     src = ingest.Source.open(c.balanced_out)
-    draws = {e: [[r["key"] for r in ingest.draw_by_reference(src, f, 0, e, images=False)]
+    draws = {e: [[r["key"] for r in draw.draw_by_reference(src, f, 0, e, images=False)]
                  for f in src.files] for e in (0, 1)}
     return {"tables": tables, "counts": counts, "t_lang": src.balance.t_lang, "draws": draws}
 
@@ -226,7 +226,7 @@ def test_a_changed_raw_shard_stops_the_stream(pool, tmp_path):
     cfg = _cfg(tmp_path, inp, meta, "c")
     curate.run(cfg)
     src = ingest.Source.open(cfg.curation.balanced_out)
-    assert ingest.draw_by_reference(src, src.files[0], 0, 0)[0]["image"]
+    assert draw.draw_by_reference(src, src.files[0], 0, 0)[0]["image"]
     (raw,) = inp.glob("*.tar")
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:  # other bytes under the same name
@@ -235,7 +235,7 @@ def test_a_changed_raw_shard_stops_the_stream(pool, tmp_path):
         tar.addfile(info, io.BytesIO(b"a"))
     raw.write_bytes(buf.getvalue())
     with pytest.raises(refs.StaleReference, match=rf"{raw}.*changed.*worldclip curate"):
-        ingest.draw_by_reference(src, src.files[0], 0, 0)
+        draw.draw_by_reference(src, src.files[0], 0, 0)
 
 
 @pytest.mark.parametrize("fmt", ["wds", "parquet"])
@@ -261,5 +261,5 @@ def test_online_stream_reads_images_by_reference_on_s3(s3_prefix, fmt):
             truth.update(zip(t.column("key").to_pylist(), t.column("image").to_pylist(),
                              strict=True))
     src = ingest.Source.open(cfg.curation.balanced_out)
-    rows = [r for f in src.files for r in ingest.draw_by_reference(src, f, 0, 0)]
+    rows = [r for f in src.files for r in draw.draw_by_reference(src, f, 0, 0)]
     assert rows and all(r["image"] == truth[r["key"]] for r in rows)

@@ -120,7 +120,7 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], tokenizer: str) -> N
     import ray
     from ray import tune
 
-    from worldclip.pipelines import curate, ingest
+    from worldclip.pipelines import curate, draw, ingest
     from worldclip.pipelines.train import stage as train
     from worldclip.pipelines.tune.ray_compat import placement_group_recorder
 
@@ -144,7 +144,7 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], tokenizer: str) -> N
     storage.write_json(storage.join(tdir, "params.json"), {"trial_id": trial_id, **params})
     ray.data.DataContext.get_current().enable_progress_bars = False  # Tune shows progress
     summary = curate.run_rebalance(cfg)  # the balancing artifact only: no matching, no images
-    drawn = ingest.draw_summary(ingest.Source.open(cfg.train.data), epoch=0)
+    drawn = draw.draw_summary(ingest.Source.open(cfg.train.data), epoch=0)
     storage.write_json(epoch0_url(out, trial_id), drawn)  # the trial's curated size (results.py)
     summary["kept"] = drawn["kept"]
     cfg.train.epochs = epochs_for_budget(cfg)

@@ -5,7 +5,6 @@ text-only shards (url + texts, curated before download)."""
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,7 +27,9 @@ from worldclip.pipelines.shards.records import (
     _finish,
     _report_keys,
     _utf8_ok,
+    admit,
     clean_texts,
+    meta_json,
     pair_texts,
     safe_key,
     shard_name,
@@ -263,18 +264,11 @@ def parse_text_only(table: pa.Table, shard: str) -> ShardResult:
         texts: list[str] = []
         for c in text_cols:
             texts.extend(t for t in clean_texts(row.get(c)) if t not in texts)
-        if not texts:
-            res.drops["no_text"] += 1
+        if not admit(res, key, texts):
             continue
-        if key in res.keys:
-            res.drops["corrupt_record"] += 1
-            res.duplicate_keys += 1
-            continue
-        res.keys.add(key)
         meta = {k: v for k, v in row.items() if k not in TEXT_ONLY_TEXT_FIELDS and k != "key"}
-        meta_json = json.dumps(meta, ensure_ascii=False, default=str)
         res.records.append({"key": key, "image": None, "url": url, "texts": texts,
-                            "meta": meta_json.encode("utf-8", "replace").decode("utf-8")})
+                            "meta": meta_json(meta)})
     if not text_cols and table.num_rows:
         res.errors.append(f"{shard}: text-only Parquet (url, no image column) without a text "
                           f"column ({'/'.join(TEXT_ONLY_TEXT_FIELDS)}); all {table.num_rows} "

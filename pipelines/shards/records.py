@@ -118,20 +118,32 @@ def _finish(res: ShardResult, key: str, image: bytes | None, texts: list[str],
     if image is None or not looks_like_image(image):
         res.drops["corrupt_record"] += 1
         return
+    if not admit(res, key, texts):
+        return
+    meta = {k: v for k, v in meta.items() if k not in TEXT_FIELDS and k not in ("key", "txt")}
+    res.records.append({"key": key, "image": image, "texts": texts, "caption": caption,
+                        "meta": meta_json(meta), "ref": ref})
+
+
+def admit(res: ShardResult, key: str, texts: list[str]) -> bool:
+    """The last checks every pair passes, whatever its format: it has a text (else no_text)
+    and its key is new in the shard (else corrupt_record, reported as a duplicate key)."""
     if not texts:
         res.drops["no_text"] += 1
-        return
+        return False
     if key in res.keys:
         res.drops["corrupt_record"] += 1
         res.duplicate_keys += 1
-        return
+        return False
     res.keys.add(key)
-    meta = {k: v for k, v in meta.items() if k not in TEXT_FIELDS and k not in ("key", "txt")}
-    # lone surrogates in pass-through fields would fail the Arrow/UTF-8 writes: replace them
-    meta_json = json.dumps(meta, ensure_ascii=False, default=str)
-    meta_json = meta_json.encode("utf-8", "replace").decode("utf-8")
-    res.records.append({"key": key, "image": image, "texts": texts, "caption": caption,
-                        "meta": meta_json, "ref": ref})
+    return True
+
+
+def meta_json(meta: dict[str, Any]) -> str:
+    """Pass-through fields as JSON; lone surrogates (which would fail the Arrow/UTF-8
+    writes) replaced."""
+    text = json.dumps(meta, ensure_ascii=False, default=str)
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _report_keys(res: ShardResult, shard: str) -> None:

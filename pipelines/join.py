@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
+from worldclip.pipelines.arrowio import parquet_bytes
 from worldclip.platform import accounting, storage
 from worldclip.platform.config import ConfigError, save_config
 
@@ -51,12 +52,6 @@ KEPT_SCHEMA = pa.schema([
 ])
 I2D_IMAGE_EXTS = ("jpg", "png", "webp", "jpeg")  # img2dataset --encode_format values
 I2D_FAILED = ("failed_to_download", "failed_to_resize")
-
-
-def _parquet_bytes(table: pa.Table) -> bytes:
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    return buf.getvalue()
 
 
 def _name(url: str, ext: str) -> str:
@@ -81,7 +76,7 @@ def write_kept(table: pa.Table, keep: np.ndarray, chosen: np.ndarray,
         rows["entry_ids"].append(cols["entry_ids"][j][c])
         rows["prob"].append(float(text_probs[j][c]))
         rows["meta"].append(cols["meta"][j])
-    storage.write_bytes(url, _parquet_bytes(pa.Table.from_pydict(rows, schema=KEPT_SCHEMA)))
+    storage.write_bytes(url, parquet_bytes(pa.Table.from_pydict(rows, schema=KEPT_SCHEMA)))
 
 
 def curated_files(balanced_out: str) -> tuple[str, list[str]]:
@@ -133,7 +128,7 @@ def build_download_list(balanced_out: str, list_out: str) -> dict[str, Any]:
             rows[KEY_COL].append(k)
         if rows["url"]:
             url = storage.join(list_out, f"{_name(f, '.parquet')}.parquet")
-            storage.write_bytes(url, _parquet_bytes(pa.Table.from_pydict(rows,
+            storage.write_bytes(url, parquet_bytes(pa.Table.from_pydict(rows,
                                                                          schema=LIST_SCHEMA)))
             out_files.append(url)
     stats = {"mode": mode, "curated_files": len(files), "pairs": pairs, "urls": len(seen),
@@ -268,7 +263,7 @@ def join_file(url: str, mode: str, status: dict[str, tuple[str, str, str]], fmt:
         stats["kept_epoch0_lost"] = int((keep0 & ~ok).sum())
         idx = table.set_column(table.column_names.index("image"), "image",
                                pa.array(got, pa.binary())).filter(pa.array(ok))
-        storage.write_bytes(storage.join(out, "index", f"{name}.parquet"), _parquet_bytes(idx))
+        storage.write_bytes(storage.join(out, "index", f"{name}.parquet"), parquet_bytes(idx))
     storage.write_json(storage.join(out, "stats", f"{name}.json"), stats)
     return stats
 

@@ -322,7 +322,7 @@ def run_rebalance(cfg: DictConfig) -> dict[str, Any]:
         counts = load_counts(layout.global_counts(c.out))
         store = MetadataStore(c.metadata, merged=c.merged_metadata)
         if set(counts) != set(store.groups):
-            raise ValueError(f"{c.out}/counts.npz has groups {sorted(counts)} but "
+            raise ValueError(f"{layout.global_counts(c.out)} has groups {sorted(counts)} but "
                              f"curation.metadata gives {store.groups}; rebalance with the "
                              "metadata settings of the curate run (curation.merged_metadata) "
                              "or run `worldclip curate`")

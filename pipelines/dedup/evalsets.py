@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from omegaconf import DictConfig, OmegaConf
 
+from worldclip.pipelines.arrowio import parquet_bytes, read_parquet
 from worldclip.pipelines.dedup.hashing import hash_table
-from worldclip.pipelines.dedup.tables import _parquet_bytes, _read
 from worldclip.platform import storage
 
 log = logging.getLogger(__name__)
@@ -41,10 +41,10 @@ def eval_hashes(specs: list[dict[str, Any]], cache_dir: str
         keys, images = load_images(spec)
         samples[spec["name"]] = dict(zip(keys, images, strict=True))
         if storage.exists(url):
-            t = _read(url)
+            t = read_parquet(url)
         else:
             t = hash_table(keys, images, "phash")
-            storage.write_bytes(url, _parquet_bytes(t))
+            storage.write_bytes(url, parquet_bytes(t))
         bad = t.column("phash").null_count
         if bad:
             log.warning("eval set %s: %d images do not decode; they cannot be matched",

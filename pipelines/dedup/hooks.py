@@ -12,8 +12,8 @@ import pyarrow as pa
 from omegaconf import DictConfig
 
 from worldclip.pipelines import layout, refs
+from worldclip.pipelines.arrowio import parquet_bytes, read_parquet
 from worldclip.pipelines.dedup.hashing import hash_table
-from worldclip.pipelines.dedup.tables import _parquet_bytes, _read
 from worldclip.platform import storage
 
 
@@ -29,19 +29,19 @@ def write_hash_columns(base: str, keys: list[str], images: list[bytes | None],
     image bytes already in memory -- no second read of the shard, no second actor pool."""
     for column in columns:
         storage.write_bytes(f"{base}.{column}.parquet",
-                            _parquet_bytes(hash_table(keys, images, column)))
+                            parquet_bytes(hash_table(keys, images, column)))
 
 
 def hash_url(out: str, name: str, column: str) -> str:
     """<out>/matches/<shard>.<sha256|phash>.parquet: a hash column of the match index."""
-    return storage.join(out, "matches", f"{name}.{column}.parquet")
+    return storage.join(layout.matches_dir(out), f"{name}.{column}.parquet")
 
 
 def matched_images(out: str, sid: str) -> tuple[list[str], list[bytes | None]]:
     """(keys, image bytes) of a shard's matched pairs, read by reference from the raw shard
     (pipelines/refs.py): the match index holds no image bytes."""
     st = storage.read_json(layout.stats_file(out, sid))
-    m = _read(layout.match_file(out, sid))
+    m = read_parquet(layout.match_file(out, sid))
     return (m.column("key").to_pylist(),
             refs.read_images(st["shard"], st["kind"], m, st.get("identity"),
                              st.get("image_column", "")))
@@ -69,7 +69,7 @@ def apply_removed(table: pa.Table, out: str, name: str) -> tuple[pa.Table, dict[
     url = storage.join(out, "dedup", "removed", f"{name}.parquet")
     if not storage.exists(url):
         return table, {}
-    rem = _read(url)
+    rem = read_parquet(url)
     reason = dict(zip(rem.column("key").to_pylist(), rem.column("reason").to_pylist(),
                       strict=True))
     keys = table.column("key").to_pylist()

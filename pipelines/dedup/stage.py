@@ -17,6 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from omegaconf import DictConfig
 
+from worldclip.pipelines import layout
+from worldclip.pipelines.arrowio import parquet_bytes, read_parquet
 from worldclip.pipelines.dedup.evalsets import eval_hashes, eval_specs
 from worldclip.pipelines.dedup.hashing import exact_duplicates, hamming_matches, removed_counts
 from worldclip.pipelines.dedup.hooks import (
@@ -26,7 +28,7 @@ from worldclip.pipelines.dedup.hooks import (
     write_hash_columns,
 )
 from worldclip.pipelines.dedup.report import thumbnail_grid
-from worldclip.pipelines.dedup.tables import HIT_SCHEMA, REMOVED_SCHEMA, _parquet_bytes, _read
+from worldclip.pipelines.dedup.tables import HIT_SCHEMA, REMOVED_SCHEMA
 from worldclip.platform import owned, storage
 from worldclip.platform.execution import ItemActor, chunked, map_items, run_tasks
 
@@ -48,7 +50,8 @@ class HashActor(ItemActor):
                         if not storage.exists(hash_url(self.out, name, c)))
         if missing:
             keys, images = matched_images(self.out, name)
-            write_hash_columns(storage.join(self.out, "matches", name), keys, images, missing)
+            write_hash_columns(storage.join(layout.matches_dir(self.out), name), keys, images,
+                               missing)
         return name
 
 
@@ -56,7 +59,7 @@ def _compare_task(names: list[str], out: str, evals: dict[str, Any], max_distanc
                   hits_dir: str) -> None:
     """Ray task: the phash column of some shards against every eval hash -> hit files."""
     for name in names:
-        ph = _read(hash_url(out, name, "phash"))
+        ph = read_parquet(hash_url(out, name, "phash"))
         valid = ph.filter(pc.is_valid(ph.column("phash")))
         rows, near, dist = hamming_matches(valid.column("phash").to_numpy(), evals["phash"],
                                            max_distance)
@@ -66,7 +69,7 @@ def _compare_task(names: list[str], out: str, evals: dict[str, Any], max_distanc
                                               pa.string()),
                          "eval_key": pa.array([evals["key"][j] for j in near], pa.string()),
                          "distance": pa.array(dist, pa.int32())}, schema=HIT_SCHEMA)
-        storage.write_bytes(storage.join(hits_dir, f"{name}.parquet"), _parquet_bytes(hits))
+        storage.write_bytes(storage.join(hits_dir, f"{name}.parquet"), parquet_bytes(hits))
 
 
 def _partition_sha(urls: list[tuple[str, str]], parts: int) -> list[pa.Table] | pa.Table:
@@ -74,7 +77,7 @@ def _partition_sha(urls: list[tuple[str, str]], parts: int) -> list[pa.Table] | 
     sha256 prefix into `parts` tables (reads the hash columns only, no image bytes)."""
     tables = []
     for name, url in urls:
-        t = _read(url, ["key", "sha256"])
+        t = read_parquet(url, ["key", "sha256"])
         t = t.filter(pc.is_valid(t.column("sha256")))
         tables.append(t.append_column("shard", pa.array([name] * t.num_rows, pa.string())))
     t = pa.concat_tables(tables) if tables else pa.table(
@@ -93,12 +96,12 @@ def _reduce_sha(*tables: pa.Table) -> pa.Table:
 def _subtract_task(items: list[tuple[str, pa.Table]], out: str) -> None:
     """Ray task: for some shards, the counts their removed rows had added (see module doc)."""
     for name, removed in items:
-        m = _read(storage.join(out, "matches", f"{name}.parquet"),
+        m = read_parquet(layout.match_file(out, name),
                   ["key", "langs", "entry_ids"])
         counts = removed_counts(m, set(removed.column("key").to_pylist()))
         base = storage.join(out, "dedup", "removed", name)
-        storage.write_bytes(base + ".counts.parquet", _parquet_bytes(counts))
-        storage.write_bytes(base + ".parquet", _parquet_bytes(removed))
+        storage.write_bytes(base + ".counts.parquet", parquet_bytes(counts))
+        storage.write_bytes(base + ".parquet", parquet_bytes(removed))
 
 
 def resolve_exact(out: str, names: list[str], parts: int, shards_per_task: int = 32
@@ -148,7 +151,7 @@ def run(cfg: DictConfig, match_stats: list[dict[str, Any]]) -> dict[str, Any]:
     hits_dir = storage.join(ddir, "eval", digest) if s["eval"] else ""
     columns = hash_columns(c)
     have = {col: {posixpath.basename(u)[: -len(f".{col}.parquet")] for u in storage.glob(
-        storage.join(out, "matches", f"*.{col}.parquet"))} for col in columns}
+        storage.join(layout.matches_dir(out), f"*.{col}.parquet"))} for col in columns}
     to_hash = [n for n in names if any(n not in have[col] for col in columns)]
     if to_hash:  # normally none: pass 1 writes the hash columns (write_hash_columns)
         log.info("dedup: hashing %d shards matched without hash columns", len(to_hash))
@@ -171,7 +174,7 @@ def run(cfg: DictConfig, match_stats: list[dict[str, Any]]) -> dict[str, Any]:
     examples: list[dict[str, Any]] = []
     if hits_dir:
         for n in names:
-            h = _read(storage.join(hits_dir, f"{n}.parquet"))
+            h = read_parquet(storage.join(hits_dir, f"{n}.parquet"))
             for k, es, ek, d in zip(*(h.column(x).to_pylist() for x in HIT_SCHEMA.names),
                                     strict=True):
                 removed[n][k] = ("eval_duplicate", f"{es}/{ek} d={d}")

@@ -127,3 +127,16 @@ def test_retry_backs_off_on_transient_then_succeeds():
 def test_s3_options_repr_hides_secrets():
     o = storage.S3Options(endpoint_url="http://h", access_key="AKIAXXXX", secret_key="zzz")
     assert "AKIA" not in repr(o) and "zzz" not in repr(o)
+
+
+def test_every_subpackage_is_in_the_wheel() -> None:
+    """A package missing from pyproject's list works in the editable install the tests use
+    and is absent from `pip install .` (a cluster image): list every folder with code."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+                 ["packages"])
+    dirs = {p.parent for top in ("pipelines", "platform", "models")
+            for p in (ROOT / top).rglob("*.py") if "__pycache__" not in p.parts}
+    want = {".".join(("worldclip", *d.relative_to(ROOT).parts)) for d in dirs}
+    assert want <= listed, sorted(want - listed)

@@ -31,7 +31,6 @@ import pyarrow.parquet as pq
 from worldclip.pipelines.shards import image_bytes
 from worldclip.platform import ranges, storage
 
-REF_COLUMNS = ("ref_member", "ref_offset", "ref_length", "ref_row_group", "ref_row")
 REF_FIELDS = [pa.field("ref_member", pa.string()), pa.field("ref_offset", pa.int64()),
               pa.field("ref_length", pa.int64()), pa.field("ref_row_group", pa.int32()),
               pa.field("ref_row", pa.int64())]

@@ -76,8 +76,11 @@ def _identities(urls: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def _stored(out: str, sid: str) -> dict[str, Any] | None:
-    url = layout.stats_file(out, sid)
-    return storage.read_json(url) if storage.exists(url) else None
+    """The shard's stored pass-1 stats, or None (one read, no separate existence check)."""
+    try:
+        return storage.read_json(layout.stats_file(out, sid))
+    except FileNotFoundError:
+        return None
 
 
 def _forget(out: str, sid: str) -> None:

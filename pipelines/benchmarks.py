@@ -21,6 +21,9 @@ Each reads the layout the benchmark is distributed in, from any storage URL:
                   -> zero-shot (or retrieval) in one language (spec key `language`, "en").
   embedded        the embedded world's eval set (evaluate.load_eval_set): zero-shot and
                   caption retrieval per language.
+  cvqa            CVQA as the Hugging Face Hub ships it (afaji/cvqa: <url>/data/test-*.parquet;
+                  pipelines/benchmarks_cvqa.py). -> multiple-choice accuracy per language,
+                  local-language (acc_local) and English (acc_en) questions.
 
 A spec is {name, type, url, ...}; a bare URL string is a spec whose type is detected from the
 files present.
@@ -39,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from worldclip.pipelines.benchmarks_cvqa import MultipleChoice, looks_like_cvqa, read_cvqa
 from worldclip.pipelines.evaluate.evalsets import load_eval_set
 from worldclip.pipelines.evaluate.templates import DEFAULT_TEMPLATES, FALLBACK_TEMPLATES
 from worldclip.platform import storage
@@ -46,7 +50,7 @@ from worldclip.platform.config import ConfigError
 
 log = logging.getLogger(__name__)
 
-TYPES = ("xm3600", "babel_imagenet", "wds", "embedded")
+TYPES = ("xm3600", "babel_imagenet", "wds", "embedded", "cvqa")
 _IMAGE_EXTS = ("webp", "png", "jpg", "jpeg")
 
 
@@ -57,6 +61,8 @@ class Benchmark:
     zero-shot: classnames/templates/labels/rows per language (rows = image indices that
     language is scored on: Babel-ImageNet covers a different class subset per language).
     retrieval: captions per language, a list of captions per image (empty: not captioned).
+    multiple choice (CVQA): per text variant ("local", "en"), questions on images grouped by
+    language; dropped counts what the loader left out, by reason.
     """
 
     name: str
@@ -68,6 +74,8 @@ class Benchmark:
     labels: dict[str, np.ndarray] = field(default_factory=dict)
     rows: dict[str, np.ndarray] = field(default_factory=dict)
     captions: dict[str, list[list[str]]] = field(default_factory=dict)
+    choices: dict[str, MultipleChoice] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------- specs
@@ -80,6 +88,8 @@ def detect_type(url: str) -> str:
     if any(storage.exists(storage.join(url, f)) for f in
            ("classnames.txt", "dataset_type.txt", "test/nshards.txt")):
         return "wds"
+    if looks_like_cvqa(url):
+        return "cvqa"
     return "embedded"
 
 
@@ -100,12 +110,16 @@ def normalize_spec(item: Any, where: str) -> dict[str, Any]:
 
 def load(spec: dict[str, Any], languages: list[str] | None = None) -> Benchmark:
     loader = {"xm3600": load_xm3600, "babel_imagenet": load_babel_imagenet, "wds": load_wds,
-              "embedded": load_embedded}[spec["type"]]
+              "embedded": load_embedded, "cvqa": load_cvqa}[spec["type"]]
     return loader(spec, languages)
 
 
 def load_images(spec: dict[str, Any]) -> tuple[list[str], list[bytes]]:
-    """(keys, image bytes) of a benchmark: what decontamination hashes."""
+    """(keys, image bytes) of a benchmark: what decontamination hashes (CVQA: every image,
+    also those of questions whose answer is withheld)."""
+    if spec["type"] == "cvqa":
+        d = read_cvqa(spec, images_only=True)
+        return d.keys, d.images
     b = load(spec)
     return b.keys, b.images
 
@@ -261,3 +275,9 @@ def load_embedded(spec: dict[str, Any], languages: list[str] | None = None) -> B
         if g in es.captions:
             b.captions[g] = [[c] if c else [] for c in es.captions[g]]
     return b
+
+
+def load_cvqa(spec: dict[str, Any], languages: list[str] | None = None) -> Benchmark:
+    d = read_cvqa(spec, languages)
+    return Benchmark(spec["name"], "cvqa", d.keys, d.images, choices=d.choices,
+                     dropped=d.dropped)

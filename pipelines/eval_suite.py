@@ -2,9 +2,10 @@
 
 `worldclip eval eval.suite=[...]` (docs/operations.md, "Eval suites") loads every benchmark
 once (pipelines/benchmarks.py), embeds its images once per checkpoint and scores with the
-same functions as the single-set eval (pipelines/evaluate/: embed_images, class_embeddings,
-embed_texts and the tie-aware hit rule), keeping the per-query hits so each number gets a
-seeded bootstrap 95% interval (percentile method over queries).
+same functions as the single-set eval (pipelines/evaluate/: embed_images' transform and
+batches, class_embeddings, embed_texts and the tie-aware hit rule), keeping the per-query hits
+so each number gets a seeded bootstrap 95% interval (percentile method over queries).
+Multiple-choice benchmarks (CVQA) score each question's options against its image.
 
 Writes to eval.out:
     suite.json                    every number, per checkpoint / benchmark / language
@@ -16,7 +17,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import posixpath
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -27,12 +31,12 @@ from worldclip.pipelines import benchmarks
 from worldclip.pipelines.evaluate.embed import (
     class_embeddings,
     default_device,
-    embed_images,
     embed_texts,
 )
 from worldclip.pipelines.evaluate.metrics import _expected_hits
 from worldclip.pipelines.evaluate.model import checkpoint_url, load_model
 from worldclip.pipelines.evaluate.templates import FALLBACK_TEMPLATES
+from worldclip.pipelines.transforms import BadImage, eval_transform
 from worldclip.platform import storage
 from worldclip.platform.config import ConfigError
 
@@ -41,6 +45,8 @@ log = logging.getLogger(__name__)
 ZS_METRICS = ("top1", "top5")
 RET_KS = (1, 5, 10)
 RET_METRICS = tuple(f"{d}_r@{k}" for d in ("i2t", "t2i") for k in RET_KS)
+CHOICE_METRICS = ("acc_local", "acc_en")  # CVQA: local-language and English questions
+METRICS = (*ZS_METRICS, *RET_METRICS, *CHOICE_METRICS)
 
 
 # ---------------------------------------------------------------------------- statistics
@@ -73,11 +79,85 @@ def _seed(base: int, *parts: str) -> int:
     return (base * 1_000_003 + int.from_bytes(h[:4], "little")) % (2**32)
 
 
+def embed_benchmark_images(model: Any, images: Sequence[bytes], batch_size: int
+                           ) -> tuple[torch.Tensor, np.ndarray]:
+    """embed_images' embeddings (same transform, same batches), but an image that does not
+    decode is a zero row and False in the returned mask instead of an exception: a benchmark
+    decides whether that is a counted drop (CVQA) or an error (the others)."""
+    dev = next(model.parameters())
+    size = int(model.config.vision_config.image_size)
+    out = torch.zeros(len(images), model.config.projection_dim, device=dev.device)
+    ok = np.ones(len(images), dtype=bool)
+
+    def pixels(data: bytes) -> np.ndarray | None:
+        try:
+            return eval_transform(data, size)
+        except BadImage:
+            return None
+
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool, torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            arrays = list(pool.map(pixels, images[start:start + batch_size]))
+            good = [i for i, a in enumerate(arrays) if a is not None]
+            ok[[start + i for i, a in enumerate(arrays) if a is None]] = False
+            if good:
+                batch = torch.from_numpy(np.stack([arrays[i] for i in good]))
+                out[torch.as_tensor([start + i for i in good], device=dev.device)] = \
+                    model.encode_image(batch.to(device=dev.device, dtype=dev.dtype)).float()
+    return out, ok
+
+
+def _record(langs: dict, draws: dict, bench: str, lang: str, metric: str, v: np.ndarray,
+            n_boot: int, seed: int) -> None:
+    b = bootstrap_means(v, n_boot, _seed(seed, bench, lang, metric))
+    langs.setdefault(lang, {})[metric] = summarize(v, b)
+    draws.setdefault(lang, {})[metric] = b
+
+
+def score_choices(model: Any, tokenizer: Any, bench: benchmarks.Benchmark, feats: torch.Tensor,
+                  ok: np.ndarray, batch_size: int, n_boot: int, seed: int, langs: dict,
+                  draws: dict) -> tuple[dict[str, Any], int]:
+    """Multiple-choice accuracy (CVQA) per language and variant, metric acc_<variant>: the
+    option whose text is nearest the image wins (ties shared, evaluate's hit rule). Returns
+    the accuracy over all questions per metric (the paper's headline number) and how many
+    questions were dropped for an image that does not decode."""
+    overall: dict[str, Any] = {}
+    undecodable = 0
+    for variant, mc in bench.choices.items():
+        qs = [q for q in range(len(mc.rows)) if ok[mc.rows[q]]]
+        undecodable = len(mc.rows) - len(qs)
+        if not qs:
+            continue
+        width = max(len(mc.texts[q]) for q in qs)
+        text = embed_texts(model, tokenizer, [t for q in qs for t in mc.texts[q]], batch_size)
+        counts = torch.tensor([len(mc.texts[q]) for q in qs])
+        owner = torch.repeat_interleave(torch.arange(len(qs)), counts)  # question of each text
+        col = torch.arange(len(owner)) - (torch.cumsum(counts, 0) - counts)[owner]
+        image = torch.as_tensor(mc.rows[qs], device=feats.device)[owner.to(feats.device)]
+        sims = (text.float() * feats[image].float()).sum(dim=1).cpu()
+        scores = torch.full((len(qs), width), -math.inf)  # padding never wins nor ties
+        scores[owner, col] = sims
+        positive = torch.zeros(len(qs), width, dtype=torch.bool)
+        positive[torch.arange(len(qs)), torch.as_tensor(mc.labels[qs])] = True
+        hits = _expected_hits(scores, positive, [1])[1].double().numpy()
+        metric = f"acc_{variant}"
+        groups = np.array([mc.groups[q] for q in qs])
+        for g in sorted(set(groups.tolist())):
+            _record(langs, draws, bench.name, g, metric, hits[groups == g], n_boot, seed)
+        b = bootstrap_means(hits, n_boot, _seed(seed, bench.name, "*all*", metric))
+        overall[metric] = summarize(hits, b)
+    return overall, undecodable
+
+
 def score_benchmark(model: Any, tokenizer: Any, bench: benchmarks.Benchmark, batch_size: int,
                     n_boot: int, seed: int) -> dict[str, Any]:
     """{lang: {metric: {value, lo, hi, n}}} plus the bootstrap draws (for means over
     languages); per-query hits come from evaluate's tie-aware rule."""
-    feats = embed_images(model, bench.images, batch_size)
+    feats, ok = embed_benchmark_images(model, bench.images, batch_size)
+    if not bench.choices and not ok.all():
+        bad = [bench.keys[i] for i in np.flatnonzero(~ok)[:5]]
+        raise ValueError(f"benchmark {bench.name!r}: {int((~ok).sum())} images do not decode "
+                         f"(e.g. {bad}); remove or re-encode them")
     langs: dict[str, dict[str, Any]] = {}
     draws: dict[str, dict[str, np.ndarray]] = {}
     for lang, names in bench.classnames.items():
@@ -89,10 +169,8 @@ def score_benchmark(model: Any, tokenizer: Any, bench: benchmarks.Benchmark, bat
         positive = torch.nn.functional.one_hot(labels, len(names)).bool()
         hits = _expected_hits(scores, positive, sorted({min(k, len(names)) for k in (1, 5)}))
         for metric, k in zip(ZS_METRICS, (1, 5), strict=True):
-            v = hits[min(k, len(names))].double().numpy()
-            b = bootstrap_means(v, n_boot, _seed(seed, bench.name, lang, metric))
-            langs.setdefault(lang, {})[metric] = summarize(v, b)
-            draws.setdefault(lang, {})[metric] = b
+            _record(langs, draws, bench.name, lang, metric,
+                    hits[min(k, len(names))].double().numpy(), n_boot, seed)
     for lang, caps in bench.captions.items():
         idx = [i for i, c in enumerate(caps) if c]
         if len(idx) < 2:
@@ -109,13 +187,13 @@ def score_benchmark(model: Any, tokenizer: Any, bench: benchmarks.Benchmark, bat
         t2i = _expected_hits(scores.T, positives.T, [min(k, len(idx)) for k in RET_KS])
         for d, hits, n in (("i2t", i2t, len(unique)), ("t2i", t2i, len(idx))):
             for k in RET_KS:
-                metric = f"{d}_r@{k}"
-                v = hits[min(k, n)].double().numpy()
-                b = bootstrap_means(v, n_boot, _seed(seed, bench.name, lang, metric))
-                langs.setdefault(lang, {})[metric] = summarize(v, b)
-                draws.setdefault(lang, {})[metric] = b
+                _record(langs, draws, bench.name, lang, f"{d}_r@{k}",
+                        hits[min(k, n)].double().numpy(), n_boot, seed)
+    overall, undecodable = score_choices(model, tokenizer, bench, feats, ok, batch_size, n_boot,
+                                         seed, langs, draws)
+    dropped = dict(bench.dropped) | ({"undecodable_image": undecodable} if undecodable else {})
     mean: dict[str, Any] = {}
-    for metric in (*ZS_METRICS, *RET_METRICS):
+    for metric in METRICS:
         have = [g for g in langs if metric in langs[g]]
         if have:
             vals = np.array([langs[g][metric]["value"] for g in have])
@@ -124,7 +202,7 @@ def score_benchmark(model: Any, tokenizer: Any, bench: benchmarks.Benchmark, bat
             mean[metric] = {"value": float(vals.mean()), "lo": float(lo), "hi": float(hi),
                             "languages": len(have)}
     return {"name": bench.name, "type": bench.type, "num_images": len(bench.images),
-            "languages": langs, "mean": mean}
+            "languages": langs, "mean": mean, "all": overall, "dropped": dropped}
 
 
 # ---------------------------------------------------------------------------- tables
@@ -135,8 +213,7 @@ def _cell(m: dict[str, float]) -> str:
 
 def benchmark_table(res: dict[str, Any]) -> str:
     """Markdown: one row per language (and the mean), metric columns as % [95% CI]."""
-    metrics = [m for m in (*ZS_METRICS, *RET_METRICS)
-               if any(m in v for v in res["languages"].values())]
+    metrics = [m for m in METRICS if any(m in v for v in res["languages"].values())]
     lines = ["| language | n | " + " | ".join(metrics) + " |",
              "|---|---:|" + "---:|" * len(metrics)]
     for lang in sorted(res["languages"]):
@@ -146,6 +223,11 @@ def benchmark_table(res: dict[str, Any]) -> str:
                                                        for m in metrics) + " |")
     lines.append(f"| **mean** | {len(res['languages'])} langs | " + " | ".join(
         _cell(res["mean"][m]) if m in res["mean"] else "" for m in metrics) + " |")
+    overall = res.get("all") or {}
+    if overall:  # multiple choice: accuracy over all questions, as the CVQA paper reports it
+        n = next(iter(overall.values()))["n"]
+        lines.append(f"| **all questions** | {n} | " + " | ".join(
+            _cell(overall[m]) if m in overall else "" for m in metrics) + " |")
     return "\n".join(lines)
 
 
@@ -154,7 +236,7 @@ def comparison_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str]]
     keys: list[tuple[str, str]] = []
     for per_bench in results.values():
         for b, res in per_bench.items():
-            for m in ("top1", "i2t_r@1", "t2i_r@1"):
+            for m in ("top1", "i2t_r@1", "t2i_r@1", *CHOICE_METRICS):
                 if m in res["mean"] and (b, m) not in keys:
                     keys.append((b, m))
     return keys
@@ -240,7 +322,8 @@ def run_suite(cfg: DictConfig) -> dict[str, Any]:
     md = []
     for label, per_bench in results.items():
         for b, res in per_bench.items():
-            md.append(f"## {b} ({res['type']}, {res['num_images']} images) -- {label}\n\n"
+            drops = "".join(f", {n} dropped: {r}" for r, n in sorted(res["dropped"].items()))
+            md.append(f"## {b} ({res['type']}, {res['num_images']} images{drops}) -- {label}\n\n"
                       f"{benchmark_table(res)}\n")
     comp = comparison_table(results)
     storage.write_text(storage.join(out, "suite.md"),

@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from cvqa_fixtures import cvqa_row, write_cvqa
 from eval_fixtures import (
     photo_jpeg,
     write_babel_imagenet,
@@ -116,12 +117,18 @@ def test_suite_scores_match_evaluate_and_write_tables(tmp_path, two_checkpoints)
     wds = str(tmp_path / "wds_cls")
     write_clip_benchmark_wds(wds, IMAGES, labels=[0, 1, 2, 0, 1, 2],
                              classnames=["cat", "dog", "car"])
+    cvqa = str(tmp_path / "cvqa")  # the Hub's afaji/cvqa Parquet layout, type detected
+    write_cvqa(cvqa, [cvqa_row(IMAGES[i], f"{i}_0", *(("German", "Germany") if i % 2 else
+                                                      ("Japanese", "Japan")),
+                               f"question {i}", ["cat", "dog", "car"], i % 3) for i in range(6)])
     out = str(tmp_path / "eval")
     cfg = load_config([f"eval.out={out}", "eval.bootstrap=200",
-                       f"eval.suite=[{{name: xm, url: {xm}}}, {{name: cls, url: {wds}}}]",
+                       f"eval.suite=[{{name: xm, url: {xm}}}, {{name: cls, url: {wds}}}, "
+                       f"{{name: cvqa, url: {cvqa}}}]",
                        f"eval.checkpoints=[a={two_checkpoints[0]}, b={two_checkpoints[1]}]"])
     summary = run_eval(cfg)
-    assert summary["checkpoints"] == ["a", "b"] and summary["benchmarks"] == ["xm", "cls"]
+    assert summary["checkpoints"] == ["a", "b"]
+    assert summary["benchmarks"] == ["xm", "cls", "cvqa"]
     res = storage.read_json(os.path.join(out, "suite.json"))["results"]
     # same numbers as the single-set scoring functions
     model, tok = load_model(two_checkpoints[0])
@@ -141,6 +148,10 @@ def test_suite_scores_match_evaluate_and_write_tables(tmp_path, two_checkpoints)
     assert md.count("| ja | 6 |") == 2 and "## cls (wds, 6 images) -- b" in md
     comp = storage.read_text(os.path.join(out, "comparison.md"))
     assert "| xm | t2i_r@1 |" in comp and "| cls | top1 |" in comp
+    assert "| cvqa | acc_local |" in comp and "| cvqa | acc_en |" in comp
+    assert md.count("| German (Germany) | 3 |") == 2 and "| **all questions** | 6 |" in md
+    cv = res["b"]["cvqa"]
+    assert cv["type"] == "cvqa" and cv["all"]["acc_en"]["n"] == 6 and cv["dropped"] == {}
     assert storage.read_bytes(os.path.join(out, "comparison.png"))[:4] == b"\x89PNG"
     again = run_eval(cfg)  # seeded: the same intervals
     assert json.dumps(again["comparison"]) == json.dumps(summary["comparison"])

@@ -36,12 +36,13 @@ import json
 import logging
 import posixpath
 import tarfile
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from worldclip.pipelines.benchmark_images import ImageRef, ImageRefs
 from worldclip.pipelines.benchmarks_cvqa import MultipleChoice, looks_like_cvqa, read_cvqa
 from worldclip.pipelines.evaluate.evalsets import load_eval_set
 from worldclip.pipelines.evaluate.templates import DEFAULT_TEMPLATES, FALLBACK_TEMPLATES
@@ -56,7 +57,8 @@ _IMAGE_EXTS = ("webp", "png", "jpg", "jpeg")
 
 @dataclass
 class Benchmark:
-    """A loaded benchmark: images once, tasks per language.
+    """A loaded benchmark: images once (by reference: pipelines/benchmark_images.py reads a
+    batch's bytes when it is embedded), tasks per language.
 
     zero-shot: classnames/templates/labels/rows per language (rows = image indices that
     language is scored on: Babel-ImageNet covers a different class subset per language).
@@ -68,7 +70,7 @@ class Benchmark:
     name: str
     type: str
     keys: list[str]
-    images: list[bytes]
+    images: Sequence[bytes]
     classnames: dict[str, list[str]] = field(default_factory=dict)
     templates: dict[str, list[str]] = field(default_factory=dict)
     labels: dict[str, np.ndarray] = field(default_factory=dict)
@@ -116,17 +118,12 @@ def load(spec: dict[str, Any], languages: list[str] | None = None) -> Benchmark:
 
 def load_images(spec: dict[str, Any]) -> tuple[list[str], list[bytes]]:
     """(keys, image bytes) of a benchmark: what decontamination hashes (CVQA: every image,
-    also those of questions whose answer is withheld)."""
+    also those of questions whose answer is withheld), read into memory."""
     if spec["type"] == "cvqa":
         d = read_cvqa(spec, images_only=True)
-        return d.keys, d.images
+        return d.keys, list(d.images)
     b = load(spec)
-    return b.keys, b.images
-
-
-def _read_all(urls: list[str]) -> list[bytes]:
-    with ThreadPoolExecutor(16) as pool:
-        return list(pool.map(storage.read_bytes, urls))
+    return b.keys, list(b.images)
 
 
 def _langs(available: list[str], languages: list[str] | None, name: str) -> list[str]:
@@ -154,7 +151,7 @@ def load_xm3600(spec: dict[str, Any], languages: list[str] | None = None) -> Ben
                         if isinstance(v, dict) and "caption" in v})
     langs = _langs(available, languages or spec.get("languages"), spec["name"])
     keys = [str(d["image/key"]) for d in keep]
-    images = _read_all([storage.join(url, "images", f"{k}.jpg") for k in keys])
+    images = ImageRefs([ImageRef(storage.join(url, "images", f"{k}.jpg")) for k in keys])
     # CLIP_benchmark scores XM3600 on each image's FIRST caption per language (the paper's
     # protocol); spec all_captions: true counts every caption as a positive instead.
     first = not spec.get("all_captions", False)
@@ -185,7 +182,7 @@ def load_babel_imagenet(spec: dict[str, Any], languages: list[str] | None = None
     langs = _langs(available, languages or spec.get("languages"), spec["name"])
     b = Benchmark(spec["name"], "babel_imagenet",
                   [f"{posixpath.basename(posixpath.dirname(f))}/{posixpath.basename(f)}"
-                   for f in files], _read_all(files))
+                   for f in files], ImageRefs([ImageRef(f) for f in files]))
     for g in langs:
         idxs, cls = names[g.upper()]
         if len(idxs) != len(cls):
@@ -202,9 +199,12 @@ def load_babel_imagenet(spec: dict[str, Any], languages: list[str] | None = None
     return b
 
 
-def _tar_samples(data: bytes, where: str) -> dict[str, dict[str, bytes]]:
-    """WebDataset grouping: key = member path up to the first dot of its basename."""
+def _tar_samples(data: bytes, where: str
+                 ) -> tuple[dict[str, dict[str, bytes]], dict[str, dict[str, int]]]:
+    """WebDataset grouping: key = member path up to the first dot of its basename. Also each
+    member's offset in `data` (-1 in a compressed tar: no byte range to read it back by)."""
     out: dict[str, dict[str, bytes]] = {}
+    offsets: dict[str, dict[str, int]] = {}
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         for m in tar:
             if not m.isfile():
@@ -215,8 +215,12 @@ def _tar_samples(data: bytes, where: str) -> dict[str, dict[str, bytes]]:
             stem, _, ext = base.partition(".")
             f = tar.extractfile(m)
             if f is not None:
-                out.setdefault(posixpath.join(d, stem), {})[ext.lower()] = f.read()
-    return out
+                body, at = f.read(), m.offset_data
+                key = posixpath.join(d, stem)
+                out.setdefault(key, {})[ext.lower()] = body
+                raw = data[at:at + len(body)] == body
+                offsets.setdefault(key, {})[ext.lower()] = at if raw else -1
+    return out, offsets
 
 
 def load_wds(spec: dict[str, Any], languages: list[str] | None = None) -> Benchmark:
@@ -232,12 +236,15 @@ def load_wds(spec: dict[str, Any], languages: list[str] | None = None) -> Benchm
     keys, images, labels, caps = [], [], [], []
     for i in range(nshards):
         shard = storage.join(url, split, f"{i}.tar")
-        for key, parts in _tar_samples(storage.read_bytes(shard), shard).items():
+        samples, offsets = _tar_samples(storage.read_bytes(shard), shard)
+        for key, parts in samples.items():
             ext = next((e for e in _IMAGE_EXTS if e in parts), None)
             if ext is None:
                 continue
             keys.append(f"{i}/{key}")
-            images.append(parts[ext])
+            at = offsets[key][ext]
+            images.append(ImageRef(shard, at, len(parts[ext])) if at >= 0
+                          else ImageRef(shard, data=parts[ext]))
             if kind == "retrieval":
                 caps.append([c for c in parts.get("txt", b"").decode("utf-8").splitlines()
                              if c.strip()])
@@ -245,7 +252,7 @@ def load_wds(spec: dict[str, Any], languages: list[str] | None = None) -> Benchm
                 if "cls" not in parts:
                     raise ValueError(f"{shard}: sample {key!r} has no .cls label")
                 labels.append(int(parts["cls"].decode().strip()))
-    b = Benchmark(spec["name"], "wds", keys, images)
+    b = Benchmark(spec["name"], "wds", keys, ImageRefs(images))
     if kind == "retrieval":
         b.captions[lang] = caps
         return b

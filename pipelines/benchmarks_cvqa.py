@@ -29,12 +29,14 @@ import ast
 import hashlib
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 
+from worldclip.pipelines.benchmark_images import ImageRef, ImageRefs
 from worldclip.platform import storage
 from worldclip.platform.config import ConfigError
 
@@ -64,7 +66,7 @@ class MultipleChoice:
 @dataclass
 class CvqaData:
     keys: list[str]
-    images: list[bytes]
+    images: Sequence[bytes]
     choices: dict[str, MultipleChoice]
     dropped: dict[str, int] = field(default_factory=dict)
 
@@ -153,9 +155,11 @@ def _drop_reason(r: dict[str, Any], file: str, images_only: bool) -> str | None:
 def read_cvqa(spec: dict[str, Any], languages: list[str] | None = None,
               images_only: bool = False) -> CvqaData:
     """Questions of the split with a usable label, both variants; identical images (a photo
-    asked about several times) are stored once. Drops are counted by reason: no_label
-    (Label -1, withheld), no_image (a null image cell). images_only: every image, labelled
-    or not, and no questions (decontamination needs the public split's images)."""
+    asked about several times) are referenced once (by Parquet cell: the bytes are read here
+    one row group at a time to hash them, and again when embedded). Drops are counted by
+    reason: no_label (Label -1, withheld), no_image (a null image cell). images_only: every
+    image, labelled or not, and no questions (decontamination needs the public split's
+    images)."""
     url, name = spec["url"], spec["name"]
     prompt, group_by = _check_spec(spec)
     files = parquet_files(url, str(spec.get("split", "test")))
@@ -164,7 +168,7 @@ def read_cvqa(spec: dict[str, Any], languages: list[str] | None = None,
                                 f"layout); point url at the downloaded dataset folder")
     dropped: Counter[str] = Counter()
     keys: list[str] = []
-    images: list[bytes] = []
+    images: list[ImageRef] = []
     index: dict[bytes, int] = {}
     rows: list[int] = []
     labels: list[int] = []
@@ -178,7 +182,7 @@ def read_cvqa(spec: dict[str, Any], languages: list[str] | None = None,
                 raise ValueError(f"cvqa {file}: columns {missing} missing (CVQA's Parquet has "
                                  f"{', '.join(COLUMNS)})")
             for g in range(pf.metadata.num_row_groups):
-                for r in pf.read_row_group(g, columns=COLUMNS).to_pylist():
+                for i, r in enumerate(pf.read_row_group(g, columns=COLUMNS).to_pylist()):
                     reason = _drop_reason(r, file, images_only)
                     if reason:
                         dropped[reason] += 1
@@ -188,7 +192,7 @@ def read_cvqa(spec: dict[str, Any], languages: list[str] | None = None,
                     if digest not in index:
                         index[digest] = len(images)
                         keys.append(str(r["ID"]))
-                        images.append(cell["bytes"])
+                        images.append(ImageRef(file, row_group=g, row=i, column="image"))
                     if images_only:
                         continue
                     rows.append(index[digest])
@@ -197,7 +201,7 @@ def read_cvqa(spec: dict[str, Any], languages: list[str] | None = None,
                     for v, (q_col, o_col) in VARIANTS.items():
                         texts[v].append(_option_texts(str(r[q_col] or ""), r[o_col], prompt))
     if images_only:
-        return CvqaData(keys, images, {}, dict(dropped))
+        return CvqaData(keys, ImageRefs(images), {}, dict(dropped))
     if not rows:
         raise ValueError(f"cvqa {url!r}: no question has a label ({dict(dropped)} dropped); "
                          f"the public afaji/cvqa test split withholds them (Label -1), so "
@@ -212,4 +216,5 @@ def read_cvqa(spec: dict[str, Any], languages: list[str] | None = None,
                                  [texts[v][q] for q in keep],
                                  np.array([labels[q] for q in keep], dtype=np.int64),
                                  [groups[q] for q in keep]) for v in VARIANTS}
-    return CvqaData([keys[i] for i in used], [images[i] for i in used], choices, dict(dropped))
+    return CvqaData([keys[i] for i in used], ImageRefs([images[i] for i in used]), choices,
+                    dict(dropped))

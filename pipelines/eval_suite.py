@@ -83,7 +83,9 @@ def embed_benchmark_images(model: Any, images: Sequence[bytes], batch_size: int
                            ) -> tuple[torch.Tensor, np.ndarray]:
     """embed_images' embeddings (same transform, same batches), but an image that does not
     decode is a zero row and False in the returned mask instead of an exception: a benchmark
-    decides whether that is a counted drop (CVQA) or an error (the others)."""
+    decides whether that is a counted drop (CVQA) or an error (the others). images is read
+    one slice per batch (benchmark images are references: pipelines/benchmark_images.py), the
+    next batch's read overlapping this one's encoding: at most two batches of bytes held."""
     dev = next(model.parameters())
     size = int(model.config.vision_config.image_size)
     out = torch.zeros(len(images), model.config.projection_dim, device=dev.device)
@@ -95,9 +97,17 @@ def embed_benchmark_images(model: Any, images: Sequence[bytes], batch_size: int
         except BadImage:
             return None
 
-    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool, torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            arrays = list(pool.map(pixels, images[start:start + batch_size]))
+    def read(start: int) -> Sequence[bytes]:
+        return images[start:start + batch_size]
+
+    starts = list(range(0, len(images), batch_size))
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool, \
+            ThreadPoolExecutor(1) as reader, torch.no_grad():
+        pending = reader.submit(read, starts[0]) if starts else None
+        for n, start in enumerate(starts):
+            data = pending.result()
+            pending = reader.submit(read, starts[n + 1]) if n + 1 < len(starts) else None
+            arrays = list(pool.map(pixels, data))
             good = [i for i, a in enumerate(arrays) if a is not None]
             ok[[start + i for i, a in enumerate(arrays) if a is None]] = False
             if good:

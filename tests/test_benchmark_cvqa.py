@@ -3,6 +3,7 @@ drops by reason, and accuracy per language scored with a real tiny MetaCLIP 2 mo
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 
@@ -144,6 +145,9 @@ def test_accuracy_per_language_with_undecodable_image_counted(cvqa_dir, tiny_che
         assert res["all"][metric]["value"] == pytest.approx(np.mean(everything))
         assert res["mean"][metric]["value"] == pytest.approx(
             np.mean([np.mean(h) for h in expected.values()]))
+    assert {r.column for r in b.images.refs} == {"image"}  # Parquet cells, read per batch
+    assert res == eval_suite.score_benchmark(model, tok, dataclasses.replace(
+        b, images=list(b.images)), batch_size=4, n_boot=100, seed=0)  # the same as in memory
     table = eval_suite.benchmark_table(res)
     assert "| Spanish (Mexico) | 2 |" in table and "| **all questions** | 6 |" in table
     assert "acc_local | acc_en" in table

@@ -3,8 +3,11 @@ bootstrap intervals, and `worldclip eval` with a suite of benchmarks and two che
 
 from __future__ import annotations
 
+import dataclasses
+import gzip
 import json
 import os
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -21,6 +24,7 @@ from transformers import MetaClip2Model
 from worldclip.models.presets import build_config
 from worldclip.models.tokenizer import train_tokenizer
 from worldclip.pipelines import benchmarks, eval_suite
+from worldclip.pipelines.benchmark_images import ImageRefs
 from worldclip.pipelines.evaluate.embed import class_embeddings, embed_images, embed_texts
 from worldclip.pipelines.evaluate.metrics import retrieval, zero_shot
 from worldclip.pipelines.evaluate.model import load_model
@@ -47,7 +51,7 @@ def test_xm3600_loader_reads_captions_jsonl_and_images(tmp_path):
     s = spec(root)
     assert s["type"] == "xm3600"
     b = benchmarks.load(s)
-    assert b.keys == keys[:5] and b.images == IMAGES[:5]
+    assert b.keys == keys[:5] and list(b.images) == IMAGES[:5]
     assert sorted(b.captions) == ["de", "en", "ja"]
     assert b.captions["en"][2] == ["a photo number 2"]  # first caption (CLIP_benchmark)
     assert benchmarks.load(spec(root, all_captions=True)).captions["en"][2] == \
@@ -78,7 +82,7 @@ def test_clip_benchmark_wds_loader_classification_and_retrieval(tmp_path):
                              classnames=["cat", "dog", "car"],
                              templates=["a photo of a {c}.", "a {c}."], per_shard=4)
     b = benchmarks.load(spec(cls_root))
-    assert b.type == "wds" and len(b.images) == 6 and b.images == IMAGES
+    assert b.type == "wds" and len(b.images) == 6 and list(b.images) == IMAGES
     assert b.labels["en"].tolist() == [0, 1, 2, 0, 1, 2]
     assert b.classnames["en"] == ["cat", "dog", "car"]
     assert b.templates["en"] == ["a photo of a {}.", "a {}."]
@@ -171,6 +175,46 @@ def test_loaders_read_from_s3(tmp_path, s3_prefix):
     storage.upload_dir(xm, f"{s3_prefix}/xm3600")
     storage.upload_dir(wds, f"{s3_prefix}/wds_cls")
     b = benchmarks.load(spec(f"{s3_prefix}/xm3600"))
-    assert b.type == "xm3600" and b.images == IMAGES and b.captions["ja"][0] == ["写真 0"]
+    assert b.type == "xm3600" and list(b.images) == IMAGES and b.captions["ja"][0] == ["写真 0"]
     w = benchmarks.load(spec(f"{s3_prefix}/wds_cls"))
     assert w.type == "wds" and w.labels["en"].tolist() == [0, 1, 2, 0, 1, 2]
+
+
+class _Watched(Sequence):
+    """The benchmark's lazy images, recording every read the suite asks for."""
+
+    def __init__(self, inner: Sequence[bytes]) -> None:
+        self.inner, self.reads = inner, []
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, i):
+        got = self.inner[i]
+        self.reads.append(len(got) if isinstance(i, slice) else 1)
+        return got
+
+
+def test_images_stream_per_batch_with_unchanged_scores(tmp_path, two_checkpoints):
+    xm, wds, babel = (str(tmp_path / n) for n in ("xm", "wds", "babel"))
+    write_xm3600(xm, IMAGES, XM_CAPS)
+    write_clip_benchmark_wds(wds, IMAGES, labels=[0, 1, 2, 0, 1, 2],
+                             classnames=["cat", "dog", "car"], per_shard=4)
+    with open(os.path.join(wds, "test", "1.tar"), "rb") as f:  # a compressed shard: no ranges
+        raw = f.read()
+    with gzip.open(os.path.join(wds, "test", "1.tar"), "wb") as f:
+        f.write(raw)
+    write_babel_imagenet(babel, [IMAGES[:3], IMAGES[3:]], {"de": ([0, 1], ["Katze", "Hund"])})
+    model, tok = load_model(two_checkpoints[0])
+    for url in (xm, wds, babel):
+        b = benchmarks.load(spec(url))
+        assert isinstance(b.images, ImageRefs) and len(b.images) == 6
+        assert all(r.data is None for r in b.images.refs[:4])  # nothing held but references
+        in_memory = dataclasses.replace(b, images=list(b.images))
+        assert sorted(in_memory.images) == sorted(IMAGES)
+        b.images = watched = _Watched(b.images)
+        lazy = eval_suite.score_benchmark(model, tok, b, 4, 50, 0)
+        assert watched.reads == [4, 2]  # one read per batch of 4, never the whole set
+        assert lazy == eval_suite.score_benchmark(model, tok, in_memory, 4, 50, 0)
+    wds_refs = benchmarks.load(spec(wds)).images.refs
+    assert [r.length > 0 for r in wds_refs] == [True] * 4 + [False] * 2  # byte ranges, inline

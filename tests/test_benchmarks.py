@@ -178,6 +178,7 @@ def test_loaders_read_from_s3(tmp_path, s3_prefix):
     assert b.type == "xm3600" and list(b.images) == IMAGES and b.captions["ja"][0] == ["写真 0"]
     w = benchmarks.load(spec(f"{s3_prefix}/wds_cls"))
     assert w.type == "wds" and w.labels["en"].tolist() == [0, 1, 2, 0, 1, 2]
+    assert w.images[2:5] == IMAGES[2:5]  # byte ranges of the tar members, from S3
 
 
 class _Watched(Sequence):

@@ -35,7 +35,7 @@ otherwise (fastText LID, dedup on).
                (stage.run_sample; of it the plots, report.plot_curation, and config.yaml,
                save_config), timed by wrapping those module functions in this process.
 
-Pass 1 against the bare loop (one core, and Ray Data with 2 actors) is bench_curation.py's
+Pass 1 against the bare loop (one core, and Ray Data with 2 tasks) is bench_curation.py's
 (b) and (c); not repeated here.
 """
 

@@ -7,10 +7,10 @@ side in one run:
   (a) one core, in process, passes alternating (median of --repeats): pass 1's per-shard work
       (`ShardMatcher.match_shard`: parse, LID, matching, counts) vs the hash columns of its
       matched images (`dedup.hash_table`: sha256 + phash) -- the per-image work dedup adds.
-  (b) the Ray pipeline (--ray-cpus logical CPUs, curation.concurrency=2 actors):
+  (b) the Ray pipeline (--ray-cpus logical CPUs, curation.concurrency=2 tasks):
       `curate.stage.run_match` without hashing (curation.dedup=false) = pass 1; the same with
       curation.dedup=true and curation.decontaminate=[the world's eval set] (hash columns
-      written by the match actors), then `dedup.run` (eval comparison, the global
+      written by the match tasks), then `dedup.run` (eval comparison, the global
       exact-duplicate map/reduce, the count subtraction). Cost = (pass 1 with hashing - pass
       1) + dedup.run. A warm-up of both on the whole pool (into another output) runs first,
       so worker start-up and imports are excluded (a steady-state cluster).

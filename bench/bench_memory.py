@@ -7,7 +7,7 @@ Cases (generated into a temp dir):
   cell.parquet  one row whose image cell is 500 MB: a ~17 KB zstd file
   normal.tar    1000 ordinary pairs of 30 KB incompressible images (a control: no change)
 
-Each (case, variant) runs in a fresh process doing what the pass-1 worker (MatchActor) does:
+Each (case, variant) runs in a fresh process doing what the pass-1 worker (MatchWorker) does:
 read + parse the shard, LID + match, serialise the match table. Peak RSS (ru_maxrss) is
 reported above the process's RSS after imports and model loading (the kernel's peak mark
 is reset there: /proc/self/clear_refs). Variants:
@@ -94,7 +94,7 @@ def _load(name: str, path: Path):  # noqa: ANN202 -- a module of the --before-re
 
 
 def worker(url: str, variant: str, md: str, before_dir: str) -> dict:
-    """One pass-1 worker run in this (fresh) process: what MatchActor does per shard."""
+    """One pass-1 worker run in this (fresh) process: what MatchWorker does per shard."""
     from worldclip.platform import storage
 
     if variant == "before":  # the --before-rev parser and matcher, as they were

@@ -1,44 +1,51 @@
 """Ray execution for the stages: one place that wires per-item work onto the cluster.
 
-Stages describe work as items (one JSON-able dict per shard) and a pure per-item function
-or a class holding expensive state (LID model, automata); this module turns that into Ray
-Data actor pools or Ray tasks with the placement rules every stage needs
-(docs/operations.md, "Measured pitfalls"):
+Stages describe work as items (one JSON-able dict per shard) and a class holding expensive
+state (LID model, automata) with a pure per-item method; this module runs that as Ray Data
+tasks with the placement rules every stage needs (docs/operations.md, "Measured pitfalls"):
 
-- actors are SPREAD over the nodes (packed on the first node, small shards all went there);
-- one block per item, so an actor takes one shard at a time and a failure names it;
-- the pool is never larger than the work.
+- tasks are SPREAD over the nodes (Ray Data's default for tasks; packed on the first node,
+  small shards all went there);
+- one block per item, so a task takes one shard at a time and a failure names it;
+- never more tasks at once than `concurrency`, nor than the work.
+
+Warm state instead of an actor pool: a Ray Data actor pool costs ~2 s per run to start and
+stop on a 2-core node (process spawn, imports, the state build), whatever the size of the
+run, and the actors take over Ray's warm pooled workers, so the tasks after them start cold.
+A task builds the worker's state once per worker process and keeps it for later tasks of
+the same state key (`ItemWorker.state_key`): an incremental re-run, a rebalance or a Tune
+trial in the same driver reuses the LID model and automata. A process holds one state per
+worker class (a new key drops the old one first), and Ray retires idle workers.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import pickle
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-
-def map_items(items: list[dict[str, Any]], actor: type, ctor_args: tuple[Any, ...],
-              concurrency: int, num_cpus: float = 1) -> Iterator[dict[str, Any]]:
-    """Run `actor(*ctor_args)(batch)` over `items` on a Ray Data actor pool; yields the
-    actor's JSON results. The actor is called with {"job": [json of one item]} and returns
-    {"result": [json]} (`ItemActor` does that wrapping)."""
-    import ray
-
-    if not items:
-        return
-    ds = ray.data.from_items([{"job": json.dumps(i)} for i in items],
-                             override_num_blocks=len(items))
-    ds = ds.map_batches(actor, fn_constructor_args=ctor_args, batch_size=1, num_cpus=num_cpus,
-                        scheduling_strategy="SPREAD",
-                        compute=ray.data.ActorPoolStrategy(size=max(1, min(int(concurrency),
-                                                                           len(items)))))
-    for row in ds.iter_rows():
-        yield json.loads(row["result"])
+# worker class -> (state key, instance), per worker process (see the module docstring)
+_STATE: dict[str, tuple[str, ItemWorker]] = {}
 
 
-class ItemActor:
-    """Base for the actors of map_items: subclasses build their state in __init__ and
-    implement process(item) -> JSON-able result."""
+class ItemWorker:
+    """Base for the workers of map_items: subclasses build their state in __init__ and
+    implement process(item) -> JSON-able result.
+
+    REUSABLE: the state depends only on the constructor arguments (plain data), so a worker
+    process keeps it between runs with equal arguments. Otherwise it is built once per run
+    (e.g. arguments holding an ObjectRef)."""
+
+    REUSABLE = False
+
+    @classmethod
+    def state_key(cls, ctor_args: tuple[Any, ...]) -> str:
+        if not cls.REUSABLE:
+            return uuid.uuid4().hex  # this run only
+        return hashlib.sha256(pickle.dumps(ctor_args)).hexdigest()
 
     def process(self, item: dict[str, Any]) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -46,6 +53,63 @@ class ItemActor:
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
         return {"result": [json.dumps(self.process(json.loads(str(j))), default=str)
                            for j in batch["job"]]}
+
+
+def warm_instance(worker: type[ItemWorker], ctor_args: tuple[Any, ...], key: str
+                  ) -> ItemWorker:
+    """This process's instance of `worker` for `key`, built on first use."""
+    name = f"{worker.__module__}.{worker.__qualname__}"
+    held = _STATE.get(name)
+    if held is None or held[0] != key:
+        _STATE.pop(name, None)  # release the old state before building the new one
+        _STATE[name] = (key, worker(*ctor_args))
+    return _STATE[name][1]
+
+
+def _run_batch(batch: dict[str, Any], worker: type[ItemWorker], ctor_args: tuple[Any, ...],
+               key: str) -> dict[str, list[str]]:
+    return warm_instance(worker, ctor_args, key)(batch)
+
+
+def _no_budget_ramp(ds: Any) -> None:
+    """Drop Ray Data's resource-budget backpressure for this dataset (Ray 2.60): it sizes an
+    operator's concurrency from its observed output bytes, so an operator starts at ONE task
+    until the first one finishes -- with shard-sized tasks, pass 1 ran its first shards one
+    at a time (4 one-second items at concurrency 2: 3.2 s instead of 2.2 s). Our blocks are a
+    few hundred bytes of JSON; TaskPoolStrategy(size) still caps the tasks (the concurrency
+    cap policy). Another Ray without these names keeps its defaults; tests/test_execution.py
+    notices the lost overlap."""
+    try:
+        from ray.data._internal.execution.backpressure_policy import (
+            ENABLED_BACKPRESSURE_POLICIES,
+            ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY,
+        )
+    except ImportError:  # pragma: no cover - another Ray version
+        return
+    ds.context.set_config(ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY,
+                          [p for p in ENABLED_BACKPRESSURE_POLICIES
+                           if p.__name__ != "ResourceBudgetBackpressurePolicy"])
+
+
+def map_items(items: list[dict[str, Any]], worker: type[ItemWorker],
+              ctor_args: tuple[Any, ...], concurrency: int, num_cpus: float = 1
+              ) -> Iterator[dict[str, Any]]:
+    """Run `worker(*ctor_args).process(item)` over `items` as Ray Data tasks (at most
+    `concurrency` at once, the state kept warm per worker process); yields the JSON
+    results."""
+    import ray
+
+    if not items:
+        return
+    ds = ray.data.from_items([{"job": json.dumps(i)} for i in items],
+                             override_num_blocks=len(items))
+    _no_budget_ramp(ds)
+    ds = ds.map_batches(_run_batch, fn_args=(worker, ctor_args, worker.state_key(ctor_args)),
+                        batch_size=1, num_cpus=num_cpus,
+                        compute=ray.data.TaskPoolStrategy(
+                            size=max(1, min(int(concurrency), len(items)))))
+    for row in ds.iter_rows():
+        yield json.loads(row["result"])
 
 
 def run_tasks(fn: Callable[..., Any], chunks: list[Any], *args: Any,

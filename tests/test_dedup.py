@@ -185,3 +185,13 @@ def test_planted_duplicates_and_eval_copies_dropped_nothing_else(tmp_path, ray_s
         assert removed2["late_copy"] == "duplicate_image"
     assert {k: v for k, v in removed2.items() if k != "late_copy"} == removed
     assert os.path.getmtime(storage.strip_scheme(sha_file)) == before
+
+    # the global resolution does not depend on how many reduce tasks share it
+    names = sorted(storage.read_json(layout.manifest_file(out))["shards"])
+    one, three = (dedup.resolve_exact(out, names, p) for p in (1, 3))
+
+    def rows(t):
+        return sorted(zip(*(t.column(x).to_pylist() for x in ("shard", "key", "owner")),
+                          strict=True))
+
+    assert rows(one) and rows(one) == rows(three)

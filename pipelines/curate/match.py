@@ -1,10 +1,11 @@
 """Pass 1 (match, expensive; per input shard, resumable and keyed): raw shard -> LID ->
 per-language Aho-Corasick matching -> the shard's match index, sparse counts and accounting.
 
-Pure per shard (`ShardMatcher` knows nothing of Ray); `MatchActor` is the Ray Data actor that
-holds the LID model and the automata for its lifetime. The match index references the images
-in the raw shard and holds no image bytes (pipelines/refs.py, docs/curation.md "Match index by
-reference"); a stored result is reused only under the same `match_key`.
+Pure per shard (`ShardMatcher` knows nothing of Ray); `MatchWorker` is the Ray Data task's
+state: the LID model and the automata, kept warm per worker process (platform/execution.py).
+The match index references the images in the raw shard and holds no image bytes
+(pipelines/refs.py, docs/curation.md "Match index by reference"); a stored result is reused
+only under the same `match_key`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from worldclip.pipelines.limits import DEFAULT_LIMITS, ReadLimits
 from worldclip.pipelines.metadata import MERGED, MetadataStore
 from worldclip.pipelines.shards import ShardResult, load_shard, parse_shard
 from worldclip.platform import storage
-from worldclip.platform.execution import ItemActor
+from worldclip.platform.execution import ItemWorker
 
 # Pass 1's match index holds no image bytes: `ref_*` point at the image in the raw shard
 # (pipelines/refs.py). `url`: the image reference of a text-only (text-first) pair, whose
@@ -145,18 +146,28 @@ class ShardMatcher:
         return matched, count_table, stats
 
 
-class MatchActor(ItemActor):
-    """Pass-1 actor (platform/execution.py): one item = one input shard's job."""
+class MatchWorker(ItemWorker):
+    """Pass-1 worker (platform/execution.py): one item = one input shard's job, which names
+    the curation.out it writes to. The state is what the settings and the metadata files'
+    sha256 (read on the driver) make, so a worker process reuses it in a later run only if
+    both are the same: a metadata file rewritten in place changes the key."""
 
-    def __init__(self, settings: MatchSettings, out: str) -> None:
+    REUSABLE = True
+
+    def __init__(self, settings: MatchSettings, metadata_hashes: dict[str, str]) -> None:
         import ray
 
         self.matcher = ShardMatcher(settings)
-        self.out = out
+        loaded = self.matcher.store.hashes()
+        if loaded != metadata_hashes:  # rewritten between the driver's read and ours
+            changed = sorted(g for g in set(loaded) | set(metadata_hashes)
+                             if loaded.get(g) != metadata_hashes.get(g))
+            raise RuntimeError(f"pass 1: metadata of {changed} changed while curating; run "
+                               "`worldclip curate` again once the metadata is final")
         self.node = ray.get_runtime_context().get_node_id()  # for the report: who did what
 
     def process(self, job: dict[str, Any]) -> dict[str, Any]:
-        return match_to_files(self.matcher, self.out, job, self.node)
+        return match_to_files(self.matcher, job["out"], job, self.node)
 
 
 def match_to_files(matcher: ShardMatcher, out: str, job: dict[str, Any], node: str = ""

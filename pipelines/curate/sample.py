@@ -21,7 +21,7 @@ from worldclip.pipelines import balancing, dedup, layout, refs, wds
 from worldclip.pipelines.arrowio import read_parquet, write_parquet
 from worldclip.pipelines.curate.match import INDEX_SCHEMA
 from worldclip.platform import storage
-from worldclip.platform.execution import ItemActor
+from worldclip.platform.execution import ItemWorker
 
 
 @dataclass
@@ -95,8 +95,8 @@ def write_wds(rows: list[tuple[str, bytes, dict]], url: str, pairs_per_shard: in
     return files
 
 
-class SampleActor(ItemActor):
-    """Pass-2 actor (platform/execution.py): one item = one shard's pass-1 stats."""
+class SampleWorker(ItemWorker):
+    """Pass-2 worker (platform/execution.py): one item = one shard's pass-1 stats."""
 
     def __init__(self, settings: SampleSettings, curation_out: str, probs_ref: Any) -> None:
         import ray

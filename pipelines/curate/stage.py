@@ -33,8 +33,8 @@ from worldclip.pipelines.curate.counts import (
     save_counts,
 )
 from worldclip.pipelines.curate.datacard import build_datacard, require_usable, summary
-from worldclip.pipelines.curate.match import MatchActor, MatchSettings, match_key
-from worldclip.pipelines.curate.sample import SampleActor, SampleSettings, entry_probs_by_lang
+from worldclip.pipelines.curate.match import MatchSettings, MatchWorker, match_key
+from worldclip.pipelines.curate.sample import SampleSettings, SampleWorker, entry_probs_by_lang
 from worldclip.pipelines.limits import ReadLimits
 from worldclip.pipelines.metadata import MERGED, MetadataStore
 from worldclip.pipelines.shards import sidecar_reason
@@ -120,7 +120,7 @@ def run_match(cfg: DictConfig, metadata_hashes: dict[str, str]
             changes["changed"] += 1
             changed_shards.append(u)
             _forget(c.out, sid)
-        jobs.append({"url": u, "id": sid, "identity": idents[u], "key": key})
+        jobs.append({"url": u, "id": sid, "identity": idents[u], "key": key, "out": c.out})
     before = _manifest(c.out)
     gone = sorted(set(before.get("shards", {})) - {layout.shard_id(u) for u in urls})
     for sid in gone:
@@ -128,7 +128,7 @@ def run_match(cfg: DictConfig, metadata_hashes: dict[str, str]
                     "leave the curation", before["shards"][sid]["url"], sid)
     log.info("pass 1 (match): %d shards: %d reused, %d new, %d changed, %d removed",
              len(urls), changes["reused"], changes["added"], changes["changed"], len(gone))
-    for s in map_items(jobs, MatchActor, (settings, c.out), c.concurrency):
+    for s in map_items(jobs, MatchWorker, (settings, metadata_hashes), c.concurrency):
         stats[s["shard"]] = s
         for e in s["errors"]:
             log.warning(e)
@@ -228,7 +228,7 @@ def run_sample(cfg: DictConfig, match_stats: list[dict[str, Any]],
                                       t_lang=thresholds.t_lang,
                                       pairs_per_shard=c.pairs_per_output_shard,
                                       bytes_per_shard=c.bytes_per_output_shard)
-            for _ in map_items(todo, SampleActor, (settings, c.out, ray.put(probs)),
+            for _ in map_items(todo, SampleWorker, (settings, c.out, ray.put(probs)),
                                c.concurrency):
                 pass
         sample_stats = [storage.read_json(layout.sample_stats(out, s["id"]))

@@ -7,12 +7,12 @@ BEFORE counting: counts are over distinct images and the eval table is honest by
 
 Steps (each distributed and resumable like pass 1):
 
-  hash       in pass 1 (curate.MatchActor -> write_hash_columns), from the image bytes
+  hash       in pass 1 (curate.MatchWorker -> write_hash_columns), from the image bytes
              already in memory: the match index's hash columns beside each match file,
              <shard>.sha256.parquet (key, sha256 of the image bytes) and, when eval sets are
              listed, <shard>.phash.parquet (key, 64-bit DCT perceptual hash, imagehash's
              phash). Once per shard, ever. Shards matched before (no such file) are hashed
-             by a Ray Data actor pool here (HashActor), reading their match file once.
+             by Ray Data tasks here (HashWorker), reading their match file once.
   compare    Ray tasks over chunks of shards: phash column vs every eval hash (Hamming <=
              curation.decontaminate_hamming) -> <out>/dedup/eval/<digest>/<shard>.parquet;
              <digest> names the eval sets + distance, so a new list re-compares from the stored
@@ -62,10 +62,10 @@ from worldclip.pipelines.dedup.hooks import (
     write_hash_columns,
 )
 from worldclip.pipelines.dedup.report import thumbnail_grid
-from worldclip.pipelines.dedup.stage import HashActor, resolve_exact, run, settings
+from worldclip.pipelines.dedup.stage import HashWorker, resolve_exact, run, settings
 from worldclip.pipelines.dedup.tables import HIT_SCHEMA, REMOVED_SCHEMA
 
-__all__ = ["HIT_SCHEMA", "REMOVED_SCHEMA", "HashActor", "apply_removed", "datacard_section",
+__all__ = ["HIT_SCHEMA", "REMOVED_SCHEMA", "HashWorker", "apply_removed", "datacard_section",
            "eval_hashes", "eval_specs", "exact_duplicates", "hamming_matches", "hash_columns",
            "hash_table", "hash_url", "matched_images", "phash64", "phash_batch",
            "removed_counts", "resolve_exact", "run", "settings", "state", "subtract_removed",

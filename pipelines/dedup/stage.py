@@ -1,4 +1,4 @@
-"""The Ray wiring of dedup: hash shards matched without hash columns (actor pool), compare
+"""The Ray wiring of dedup: hash shards matched without hash columns (Ray Data tasks), compare
 phashes with the eval sets (tasks), resolve exact duplicates globally (hash-partitioned
 map/reduce), write the removed rows and their counts (tasks). Steps: the package docstring."""
 
@@ -30,12 +30,12 @@ from worldclip.pipelines.dedup.hooks import (
 from worldclip.pipelines.dedup.report import thumbnail_grid
 from worldclip.pipelines.dedup.tables import HIT_SCHEMA, REMOVED_SCHEMA
 from worldclip.platform import owned, storage
-from worldclip.platform.execution import ItemActor, chunked, map_items, run_tasks
+from worldclip.platform.execution import ItemWorker, chunked, map_items, run_tasks
 
 log = logging.getLogger(__name__)
 
 
-class HashActor(ItemActor):
+class HashWorker(ItemWorker):
     """One item = one shard id whose hash columns are missing (a shard matched before dedup
     was on, or before eval sets were listed): reads its images by reference once and writes
     the missing <id>.<column>.parquet files (resumable: the files mark it)."""
@@ -104,6 +104,16 @@ def _subtract_task(items: list[tuple[str, pa.Table]], out: str) -> None:
         storage.write_bytes(base + ".parquet", parquet_bytes(removed))
 
 
+# sha256 rows one reduce task takes (hex strings: ~100 MB of Arrow per million rows). The
+# number of reducers follows the rows, not the shards: a small pool is one map and one
+# reduce task, not a round of near-empty ones (docs/curation.md, "Deduplication").
+ROWS_PER_REDUCER = 1_000_000
+
+
+def reduce_parts(rows: int) -> int:
+    return max(1, min(64, -(-int(rows) // ROWS_PER_REDUCER)))
+
+
 def resolve_exact(out: str, names: list[str], parts: int, shards_per_task: int = 32
                   ) -> pa.Table:
     """Global exact dedup over the hash columns of `names` with Ray tasks (hash-partitioned
@@ -155,7 +165,7 @@ def run(cfg: DictConfig, match_stats: list[dict[str, Any]]) -> dict[str, Any]:
     to_hash = [n for n in names if any(n not in have[col] for col in columns)]
     if to_hash:  # normally none: pass 1 writes the hash columns (write_hash_columns)
         log.info("dedup: hashing %d shards matched without hash columns", len(to_hash))
-        for _ in map_items([{"shard": n} for n in to_hash], HashActor, (out, columns),
+        for _ in map_items([{"shard": n} for n in to_hash], HashWorker, (out, columns),
                            int(c.concurrency)):
             pass
     if hits_dir:
@@ -184,8 +194,8 @@ def run(cfg: DictConfig, match_stats: list[dict[str, Any]]) -> dict[str, Any]:
                                      "distance": d})
     n_dup = 0
     if s["exact"] and names:
-        parts = max(1, min(16, len(names) // 4))
-        dups = resolve_exact(out, names, parts)
+        rows = sum(int(m.get("pairs_in", 0)) for m in match_stats)
+        dups = resolve_exact(out, names, reduce_parts(rows))
         for n, k, o in zip(*(dups.column(x).to_pylist() for x in ("shard", "key", "owner")),
                            strict=True):
             if k not in removed[n]:

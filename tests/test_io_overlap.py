@@ -272,3 +272,31 @@ def test_text_first_stages_guard_what_they_read(tmp_path: Path) -> None:
         check_stage_io("join", cfg)
     check_stage_io("join", load_config([f"storage.root={tmp_path}",
                                         f"download.images={tmp_path}/images"]))
+
+
+def test_cli_train_out_inside_the_raw_pool_refused(tmp_path: Path, ray_session) -> None:
+    """Online data reads the raw shards by reference, so train.out inside their folder is an
+    output inside an input: one line, exit 2, nothing written there."""
+    from conftest import make_config
+
+    from worldclip.pipelines import curate, world
+
+    cfg = make_config(str(tmp_path / "w"), "world.pairs=300", "world.pairs_per_shard=150",
+                      "world.formats=[wds]", "curation.mode=online", "curation.plots=false")
+    world.run(cfg)
+    curate.run(cfg)
+    data = str(cfg.curation.balanced_out)
+    raw_dir = storage.strip_scheme(storage.join(cfg.world.out, "raw", "wds"))
+    before = _digests(Path(raw_dir))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    p = subprocess.run(
+        [str(WORLDCLIP), "train", f"train.data={data}", f"train.out={raw_dir}/run",
+         f"storage.root={tmp_path / 'root'}"],
+        cwd=cwd, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": ""})
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+    assert "train.out" in lines[0] and "raw shard folder of train.data" in lines[0]
+    assert _digests(Path(raw_dir)) == before and not (Path(raw_dir) / "run").exists()

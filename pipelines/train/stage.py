@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import time
 from typing import Any
 
@@ -19,6 +20,7 @@ from worldclip.pipelines.checkpoint_io import (
     export_checkpoint,
     latest_checkpoint,
 )
+from worldclip.pipelines.curate import balance
 from worldclip.pipelines.ingest import Source, file_row_counts
 from worldclip.pipelines.join import prepare_train_data
 from worldclip.pipelines.train.loop import train_loop
@@ -26,6 +28,7 @@ from worldclip.pipelines.train.state import TrainState
 from worldclip.pipelines.train.tokenizer import prepare_tokenizer
 from worldclip.platform import storage
 from worldclip.platform.config import save_config
+from worldclip.platform.overlap import check_io
 from worldclip.platform.runtime import init_ray
 
 log = logging.getLogger(__name__)
@@ -83,8 +86,21 @@ def build_trainer(cfg: DictConfig, extra: dict[str, Any] | None = None) -> Torch
     )
 
 
+def check_raw_inputs(cfg: DictConfig) -> None:
+    """Online data by reference reads the raw shards every epoch, so their folders are inputs
+    of train too: train.out may not be inside one (docs/operations.md, "Inputs are
+    read-only"). The CLI's key check (platform/overlap.py) sees only train.data."""
+    b = balance.read(str(cfg.train.data))
+    if b is None:
+        return
+    folders = sorted({posixpath.dirname(str(s["shard"]).rstrip("/")) for s in b.shards})
+    check_io({f"raw shard folder of train.data [{i}]": f for i, f in enumerate(folders)},
+             {"train.out": str(cfg.train.out)})
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """`worldclip train`: fit (resuming if the run exists), then export a HF directory."""
+    check_raw_inputs(cfg)
     init_ray(cfg)
     started = time.time()
     prepare_train_data(cfg)  # text-first: join img2dataset's output by key (docs/curation.md)

@@ -75,8 +75,8 @@ _SUPERSCRIPT = str.maketrans("-0123456789", "\u207b\u2070\u00b9\u00b2\u00b3\u207
 class PlainLogFormatter(LogFormatterSciNotation):
     """matplotlib's log-axis labels (the same ticks labelled, "10\u00b3", "2\u00d710\u00b3"),
     written as plain text with superscript digits instead of mathtext: each figure gets a new
-    renderer and so a new mathtext parser, and parsing every label again cost more than
-    drawing the whole long-tail curve."""
+    renderer and so a new mathtext parser (its cache is per parser), and parsing the labels
+    again was a quarter of plot_curation's time (bench/bench_plots.py)."""
 
     def __call__(self, x: float, pos: int | None = None) -> str:
         label = super().__call__(x, pos)
@@ -129,8 +129,8 @@ def freeze_log_axis(ax: Any, which: str) -> None:
 def category_ticks(ax: Any, x: np.ndarray, labels: list[str], rotation: float = 0) -> None:
     """x tick marks and labels at `x`, drawn as ax.set_xticks(x, labels) draws them (same
     rcParams size, pad, font, colour; the same pixels), from one marker line and one Text per
-    label instead of one Tick (five artists) per label: at 30 languages the ticks were half
-    of the languages plot's time."""
+    label instead of one Tick (five artists) per label: at 30 languages the ticks were almost
+    half of the languages plot's time."""
     rc = matplotlib.rcParams
     ax.set_xticks([])
     direction = rc["xtick.direction"]
@@ -146,20 +146,25 @@ def category_ticks(ax: Any, x: np.ndarray, labels: list[str], rotation: float = 
                 color=rc["xtick.color"] if color == "inherit" else color, clip_on=False)
 
 
-def _bar_rectangles(x: np.ndarray, heights: np.ndarray, width: float) -> np.ndarray:
-    """Corners of bars from 0 to `heights` centred on `x`: (n, 4, 2) for a PolyCollection."""
-    left, right = x - width / 2, x + width / 2
-    zero = np.zeros_like(heights)
-    return np.stack([np.column_stack(c) for c in
-                     ((left, zero), (left, heights), (right, heights), (right, zero))], axis=1)
+def log_bars(ax: Any, x: np.ndarray, heights: np.ndarray, width: float, color: str,
+             label: str) -> None:
+    """Bars from 0 to `heights` centred on `x`, on a log y axis, as one PolyCollection: the
+    pixels and y range of ax.bar (the positive bar tops, with matplotlib's margins; a log
+    axis ignores the 0 ends) without ax.bar's one patch per bar (a fifth of the languages
+    plot's time at 30 languages). Call autoscale_view (or draw) afterwards."""
+    heights = np.asarray(heights, dtype=float)
+    left, right, zero = x - width / 2, x + width / 2, np.zeros_like(heights)
+    corners = np.stack([np.column_stack(c) for c in
+                        ((left, zero), (left, heights), (right, heights), (right, zero))], axis=1)
+    ax.add_collection(PolyCollection(corners, facecolors=color, edgecolors="none", linewidths=0,
+                                     label=label), autolim=False)
+    top = heights > 0
+    if top.any():
+        ax.update_datalim(np.column_stack([x[top], heights[top]]), updatex=False)
 
 
 def languages_figure(card: dict[str, Any]) -> Any:
-    """Pairs per language in, matched and (offline) kept, largest language first.
-
-    Each series is one PolyCollection of rectangles rather than ax.bar's one patch per bar
-    (a third of this plot's time at 30 languages); the bars and the y range (the positive
-    bar tops, matplotlib's margins on a log axis) come out as ax.bar draws them."""
+    """Pairs per language in, matched and (offline) kept, largest language first."""
     stats = card["languages"]
     langs = sorted(stats, key=lambda g: -stats[g]["pairs_in"])
     series = [("pairs_in", "pairs in (with a caption)"), ("matched", "matched pairs")]
@@ -174,14 +179,8 @@ def languages_figure(card: dict[str, Any]) -> Any:
     x = np.arange(len(langs), dtype=float)
     bar = 0.8 / len(series)
     for i, (key, label) in enumerate(series):
-        heights = np.array([stats[g][key] for g in langs], dtype=float)
-        at = x + (i - (len(series) - 1) / 2) * bar
-        ax.add_collection(PolyCollection(_bar_rectangles(at, heights, bar), facecolors=f"C{i}",
-                                         edgecolors="none", linewidths=0, label=label),
-                          autolim=False)
-        top = heights > 0
-        if top.any():  # the y range ax.bar would get: a log axis ignores the bars' 0 ends
-            ax.update_datalim(np.column_stack([at[top], heights[top]]), updatex=False)
+        log_bars(ax, x + (i - (len(series) - 1) / 2) * bar, [stats[g][key] for g in langs],
+                 bar, f"C{i}", label)
     category_ticks(ax, x, langs, rotation=45)
     ax.set_xlim(-0.6, len(langs) - 0.4)
     _plain_log_axis(ax.yaxis)

@@ -217,6 +217,28 @@ def test_category_ticks_draw_the_pixels_of_set_xticks() -> None:
     assert np.array_equal(images[0], images[1])
 
 
+def test_log_bars_draw_the_pixels_of_ax_bar() -> None:
+    rng = np.random.default_rng(1)
+    series = [rng.integers(0, 10**6, 12).astype(float) for _ in range(3)]
+    series[1][3] = 0  # a language with nothing matched: no bar, no effect on the range
+    images, limits = [], []
+    for ours in (False, True):
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=report.DPI)
+        ax.set_yscale("log")
+        for i, heights in enumerate(series):
+            at = np.arange(12.0) + (i - 1) * 0.8 / 3
+            if ours:
+                report.log_bars(ax, at, heights, 0.8 / 3, f"C{i}", f"s{i}")
+            else:
+                ax.bar(at, heights, 0.8 / 3)
+        ax.set_xlim(-0.6, 11.6)
+        ax.autoscale_view(scalex=False)
+        limits.append(ax.get_ylim())
+        images.append(_pixels(fig))
+    assert limits[0] == limits[1]
+    assert np.array_equal(images[0], images[1])
+
+
 def test_save_figure_tight_by_default(tmp_path) -> None:
     """Other reports (eval, tune, demo) keep bbox_inches="tight"."""
     fig, ax = plt.subplots(figsize=(4, 3))

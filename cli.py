@@ -125,10 +125,18 @@ def main(argv: list[str] | None = None) -> int:
               f"are key=value without spaces, e.g. curation.p=0.1{hint}", file=sys.stderr)
         return 2
     apply_storage(cfg)
+    from worldclip.pipelines.refs import find_stale
+
     try:
         result: Any = fn(cfg, extra) if extra else fn(cfg)
     except ConfigError as e:
         print(f"worldclip {args.stage}: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        stale = find_stale(e)  # the raw pool changed under a curation: the user's to fix
+        if stale is None:
+            raise
+        print(f"worldclip {args.stage}: {stale}", file=sys.stderr)
         return 2
     if result is not None:
         print(json.dumps(result, indent=2, default=str, ensure_ascii=False))

@@ -19,6 +19,7 @@ the recorded offsets are not the image that was matched (StaleReference).
 from __future__ import annotations
 
 import io
+import re
 import tarfile
 from collections import defaultdict
 from collections.abc import Sequence
@@ -38,6 +39,28 @@ REF_FIELDS = [pa.field("ref_member", pa.string()), pa.field("ref_offset", pa.int
 
 class StaleReference(RuntimeError):
     """A raw shard changed (or vanished) after it was matched."""
+
+
+def find_stale(error: BaseException | None) -> StaleReference | None:
+    """The StaleReference behind an error from Ray (a task's RayTaskError, Ray Data's
+    wrapping, Ray Train's worker failures), so the command can stop with its one line
+    instead of a stack of tracebacks. Falls back to the message in the error's text (Ray
+    Train reports worker errors as text)."""
+    seen: set[int] = set()
+    stack: list[Any] = [error]
+    while stack:
+        e = stack.pop()
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, StaleReference):
+            return StaleReference(str(e.args[0]) if e.args else str(e))
+        stack += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+        failures = getattr(e, "worker_failures", None)
+        if isinstance(failures, dict):
+            stack += list(failures.values())
+    found = re.search(r"StaleReference: (.+)", str(error)) if error is not None else None
+    return StaleReference(found.group(1).strip()) if found else None
 
 
 def fix_hint(url: str) -> str:

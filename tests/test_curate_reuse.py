@@ -236,6 +236,22 @@ def test_a_changed_raw_shard_stops_the_stream(pool, tmp_path):
     raw.write_bytes(buf.getvalue())
     with pytest.raises(refs.StaleReference, match=rf"{raw}.*changed.*worldclip curate"):
         draw.draw_by_reference(src, src.files[0], 0, 0)
+    # as the stream meets it: inside a Ray Data task, wrapped by Ray; and as Ray Train reports
+    # a worker's error (text). The CLI prints find_stale's one line and exits 2 (cli.py).
+    import ray
+
+    def read(batch):
+        draw.draw_by_reference(src, src.files[0], 0, 0)
+        return batch
+
+    with pytest.raises(Exception) as caught:
+        ray.data.from_items([{"a": 1}]).map_batches(read, batch_size=1).take_all()
+    assert not isinstance(caught.value, refs.StaleReference) or caught.value.__cause__
+    for err in (caught.value, RuntimeError(f"training failed: {caught.value}")):
+        stale = refs.find_stale(err)
+        assert stale is not None and str(raw) in str(stale) and "worldclip curate" in str(stale)
+        assert "\n" not in str(stale) and "Traceback" not in str(stale)
+    assert refs.find_stale(RuntimeError("something else")) is None
 
 
 @pytest.mark.parametrize("fmt", ["wds", "parquet"])

@@ -17,8 +17,9 @@ from transformers import MetaClip2Model
 
 from worldclip.models.presets import build_config
 from worldclip.models.tokenizer import train_tokenizer
-from worldclip.pipelines import benchmarks, eval_suite
-from worldclip.pipelines.benchmarks_cvqa import parquet_files
+from worldclip.pipelines import benchmarks
+from worldclip.pipelines.benchmarks.cvqa import parquet_files
+from worldclip.pipelines.evaluate import suite as eval_suite
 from worldclip.pipelines.evaluate.embed import embed_images, embed_texts
 from worldclip.pipelines.evaluate.model import load_model
 from worldclip.platform.config import ConfigError

@@ -23,8 +23,9 @@ from transformers import MetaClip2Model
 
 from worldclip.models.presets import build_config
 from worldclip.models.tokenizer import train_tokenizer
-from worldclip.pipelines import benchmarks, eval_suite
-from worldclip.pipelines.benchmark_images import ImageRefs
+from worldclip.pipelines import benchmarks
+from worldclip.pipelines.benchmarks.images import ImageRefs
+from worldclip.pipelines.evaluate import suite as eval_suite
 from worldclip.pipelines.evaluate.embed import class_embeddings, embed_images, embed_texts
 from worldclip.pipelines.evaluate.metrics import retrieval, zero_shot
 from worldclip.pipelines.evaluate.model import load_model

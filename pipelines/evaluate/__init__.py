@@ -10,5 +10,7 @@ is XM3600-style (the same images, one caption per image in each language, recall
     model.py       load_model from any checkpoint URL (pipelines/checkpoint_io.py)
     scoring.py     score_languages, evaluate_model: every metric per language
     stage.py       `worldclip eval`: run, write_outputs, plot_top1
+    suite.py       `eval.suite`: benchmarks (pipelines/benchmarks/) x checkpoints, bootstrap
+                   intervals, tables, comparison
     ray_embed.py   evaluate_ray: the image tower on a Ray Data actor pool
 """

@@ -1,5 +1,5 @@
 """`worldclip eval`: one checkpoint on eval.data -> metrics.json, a per-language plot and the
-config in eval.out (eval.suite set: the benchmark suite, pipelines/eval_suite.py)."""
+config in eval.out (eval.suite set: the benchmark suite, pipelines/evaluate/suite.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from worldclip.pipelines.eval_suite import run_suite
 from worldclip.pipelines.evaluate.evalsets import load_eval_set
 from worldclip.pipelines.evaluate.model import checkpoint_url, load_model
 from worldclip.pipelines.evaluate.scoring import evaluate_model
+from worldclip.pipelines.evaluate.suite import run_suite
 from worldclip.pipelines.report import plt, save_figure
 from worldclip.platform import storage
 from worldclip.platform.config import save_config
@@ -55,7 +55,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """`worldclip eval`: evaluate eval.checkpoint (default: the train run's export) on
     eval.data; writes metrics.json, zero_shot_top1.png and config.yaml to eval.out and returns
     a summary (overall and per-language top-1; the full metrics are in metrics.json).
-    With eval.suite set, runs the benchmark suite instead (pipelines/eval_suite.py)."""
+    With eval.suite set, runs the benchmark suite instead (pipelines/evaluate/suite.py)."""
     if cfg.eval.get("suite"):
         return run_suite(cfg)
     ckpt = checkpoint_url(cfg)

@@ -1,7 +1,7 @@
 """Eval suites: several benchmarks x several checkpoints, per language, with bootstrap CIs.
 
 `worldclip eval eval.suite=[...]` (docs/operations.md, "Eval suites") loads every benchmark
-once (pipelines/benchmarks.py), embeds its images once per checkpoint and scores with the
+once (pipelines/benchmarks/loaders.py), embeds its images once per checkpoint and scores with the
 same functions as the single-set eval (pipelines/evaluate/: embed_images' transform and
 batches, class_embeddings, embed_texts and the tie-aware hit rule), keeping the per-query hits
 so each number gets a seeded bootstrap 95% interval (percentile method over queries).
@@ -84,7 +84,7 @@ def embed_benchmark_images(model: Any, images: Sequence[bytes], batch_size: int
     """embed_images' embeddings (same transform, same batches), but an image that does not
     decode is a zero row and False in the returned mask instead of an exception: a benchmark
     decides whether that is a counted drop (CVQA) or an error (the others). images is read
-    one slice per batch (benchmark images are references: pipelines/benchmark_images.py), the
+    one slice per batch (benchmark images are references: pipelines/benchmarks/images.py), the
     next batch's read overlapping this one's encoding: at most two batches of bytes held."""
     dev = next(model.parameters())
     size = int(model.config.vision_config.image_size)

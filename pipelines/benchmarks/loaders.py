@@ -22,7 +22,7 @@ Each reads the layout the benchmark is distributed in, from any storage URL:
   embedded        the embedded world's eval set (evaluate.load_eval_set): zero-shot and
                   caption retrieval per language.
   cvqa            CVQA as the Hugging Face Hub ships it (afaji/cvqa: <url>/data/test-*.parquet;
-                  pipelines/benchmarks_cvqa.py). -> multiple-choice accuracy per language,
+                  pipelines/benchmarks/cvqa.py). -> multiple-choice accuracy per language,
                   local-language (acc_local) and English (acc_en) questions.
 
 A spec is {name, type, url, ...}; a bare URL string is a spec whose type is detected from the
@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from worldclip.pipelines.benchmark_images import ImageRef, ImageRefs
-from worldclip.pipelines.benchmarks_cvqa import MultipleChoice, looks_like_cvqa, read_cvqa
+from worldclip.pipelines.benchmarks.cvqa import MultipleChoice, looks_like_cvqa, read_cvqa
+from worldclip.pipelines.benchmarks.images import ImageRef, ImageRefs
 from worldclip.pipelines.evaluate.evalsets import load_eval_set
 from worldclip.pipelines.evaluate.templates import DEFAULT_TEMPLATES, FALLBACK_TEMPLATES
 from worldclip.platform import storage
@@ -57,7 +57,7 @@ _IMAGE_EXTS = ("webp", "png", "jpg", "jpeg")
 
 @dataclass
 class Benchmark:
-    """A loaded benchmark: images once (by reference: pipelines/benchmark_images.py reads a
+    """A loaded benchmark: images once (by reference: pipelines/benchmarks/images.py reads a
     batch's bytes when it is embedded), tasks per language.
 
     zero-shot: classnames/templates/labels/rows per language (rows = image indices that

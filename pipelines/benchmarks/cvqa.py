@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from worldclip.pipelines.benchmark_images import ImageRef, ImageRefs
+from worldclip.pipelines.benchmarks.images import ImageRef, ImageRefs
 from worldclip.platform import storage
 from worldclip.platform.config import ConfigError
 

@@ -71,3 +71,28 @@ def test_items_overlap_up_to_the_cap(ray_session):
     # never more than 2 at once
     for t in starts:
         assert sum(s <= t < e for s, e in spans) <= 2
+
+
+class Fails(ItemWorker):
+    def process(self, item: dict[str, Any]) -> None:
+        if item["i"] == 5:
+            raise ValueError("bad shard")
+
+
+def test_items_per_task_keeps_tasks_per_worker_and_a_cap():
+    from worldclip.platform.execution import MAX_ITEMS_PER_TASK, items_per_task
+
+    assert items_per_task(2, 2) == 1 and items_per_task(20, 2) == 2
+    assert items_per_task(10**6, 2) == MAX_ITEMS_PER_TASK
+    for n in range(1, 200):
+        k = items_per_task(n, 2)
+        assert 1 <= k <= MAX_ITEMS_PER_TASK and (k == 1 or n // k >= 4 * 2)
+
+
+def test_a_failing_item_is_named_even_when_a_task_holds_several(ray_session):
+    import pytest
+
+    with pytest.raises(Exception) as caught:
+        list(map_items([{"i": i} for i in range(40)], Fails, (), 2))
+    # Ray's error text carries the worker's traceback, with the note naming the item
+    assert "bad shard" in str(caught.value) and '"i": 5' in str(caught.value)

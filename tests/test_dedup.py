@@ -118,6 +118,25 @@ def _removed(out: str) -> dict[str, str]:
     return got
 
 
+def test_eval_hashes_in_batches_equal_one_pass_and_images_stay_lazy(tmp_path, monkeypatch):
+    from worldclip.pipelines.dedup import evalsets
+
+    rng = np.random.default_rng(3)
+    xm = str(tmp_path / "xm3600")
+    images = [photo_jpeg(rng) for _ in range(7)]
+    write_xm3600(xm, images, {"en": [["a photo"]] * 7})
+    from worldclip.pipelines.benchmarks import normalize_spec
+
+    spec = normalize_spec(xm, "curation.decontaminate")
+    whole, samples = evalsets.eval_hashes([spec], str(tmp_path / "c1"))
+    monkeypatch.setattr(evalsets, "HASH_BATCH", 2)
+    batched, _ = evalsets.eval_hashes([spec], str(tmp_path / "c2"))
+    assert whole.num_rows == 7 and whole.to_pylist() == batched.to_pylist()
+    lazy = samples[spec["name"]]
+    assert isinstance(lazy, evalsets.EvalImages) and len(lazy) == 7
+    assert sorted(lazy[k] for k in lazy) == sorted(images)  # read on lookup, same bytes
+
+
 @pytest.mark.slow
 def test_planted_duplicates_and_eval_copies_dropped_nothing_else(tmp_path, ray_session):
     rng = np.random.default_rng(7)

@@ -116,14 +116,15 @@ def load(spec: dict[str, Any], languages: list[str] | None = None) -> Benchmark:
     return loader(spec, languages)
 
 
-def load_images(spec: dict[str, Any]) -> tuple[list[str], list[bytes]]:
-    """(keys, image bytes) of a benchmark: what decontamination hashes (CVQA: every image,
-    also those of questions whose answer is withheld), read into memory."""
+def load_images(spec: dict[str, Any]) -> tuple[list[str], Sequence[bytes]]:
+    """(keys, images) of a benchmark: what decontamination hashes (CVQA: every image, also
+    those of questions whose answer is withheld). The images are references, read when
+    indexed or sliced (pipelines/benchmarks/images.py)."""
     if spec["type"] == "cvqa":
         d = read_cvqa(spec, images_only=True)
-        return d.keys, list(d.images)
+        return list(d.keys), d.images
     b = load(spec)
-    return b.keys, list(b.images)
+    return list(b.keys), b.images
 
 
 def _langs(available: list[str], languages: list[str] | None, name: str) -> list[str]:

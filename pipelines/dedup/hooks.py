@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from omegaconf import DictConfig
 
 from worldclip.pipelines import layout, refs
@@ -37,11 +38,15 @@ def hash_url(out: str, name: str, column: str) -> str:
     return storage.join(layout.matches_dir(out), f"{name}.{column}.parquet")
 
 
-def matched_images(out: str, sid: str) -> tuple[list[str], list[bytes | None]]:
-    """(keys, image bytes) of a shard's matched pairs, read by reference from the raw shard
-    (pipelines/refs.py): the match index holds no image bytes."""
+def matched_images(out: str, sid: str, keys: set[str] | None = None
+                   ) -> tuple[list[str], list[bytes | None]]:
+    """(keys, image bytes) of a shard's matched pairs -- or of those among `keys` only --
+    read by reference from the raw shard (pipelines/refs.py): the match index holds no image
+    bytes."""
     st = storage.read_json(layout.stats_file(out, sid))
     m = read_parquet(layout.match_file(out, sid))
+    if keys is not None:
+        m = m.filter(pc.is_in(m.column("key"), value_set=pa.array(sorted(keys), pa.string())))
     return (m.column("key").to_pylist(),
             refs.read_images(st["shard"], st["kind"], m, st.get("identity"),
                              st.get("image_column", "")))

@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from typing import Any
 
 from worldclip.pipelines.dedup.hooks import matched_images
 
 
 def thumbnail_grid(out: str, examples: list[dict[str, Any]],
-                   samples: dict[str, dict[str, bytes]], size: int = 96) -> bytes:
+                   samples: Mapping[str, Mapping[str, bytes]], size: int = 96) -> bytes:
     """PNG: one row per example, pool image | eval image, with the distance."""
     from PIL import Image, ImageDraw
 
     grid = Image.new("RGB", (2 * size + 250, len(examples) * (size + 4) + 4), "white")
     draw = ImageDraw.Draw(grid)
-    cache: dict[str, dict[str, bytes]] = {}
+    wanted: dict[str, set[str]] = {}
+    for ex in examples:
+        wanted.setdefault(ex["shard"], set()).add(ex["key"])
+    # only the examples' images, by reference: not every matched image of their shards
+    cache = {sid: dict(zip(*matched_images(out, sid, keys), strict=True))
+             for sid, keys in wanted.items()}
     for i, ex in enumerate(examples):
-        if ex["shard"] not in cache:
-            cache[ex["shard"]] = dict(zip(*matched_images(out, ex["shard"]), strict=True))
         y = 4 + i * (size + 4)
         for j, data in enumerate((cache[ex["shard"]].get(ex["key"]),
                                   samples.get(ex["eval_set"], {}).get(ex["eval_key"]))):

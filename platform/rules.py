@@ -160,7 +160,7 @@ RULES: dict[str, Rule] = {
     "eval.checkpoint": _STR, "eval.data": _URL, "eval.out": _URL, "eval.batch_size": _int(1),
     "eval.languages": _LANGS, "eval.suite": _each(_SUITE_ITEM, nonempty=False),
     "eval.checkpoints": _each(_str(nonempty=True), nonempty=False),
-    "eval.bootstrap": _int(0), "eval.seed": _SEED,
+    "eval.bootstrap": _int(0), "eval.seed": _SEED, "eval.ray_actors": _int(0),
     "tune.out": _URL, "tune.name": _str(nonempty=True),
     "tune.search": _choice("grid", "random", "optuna"), "tune.num_samples": _int(1),
     "tune.param": _choice("p", "t_en"),

@@ -165,12 +165,15 @@ class EvalConfig:
     batch_size: int = 256
     languages: list[str] = field(default_factory=list)  # [] -> all in the eval set
     # Benchmark suite (docs/operations.md, "Eval suites"): URLs or {name, type, url, ...}
-    # with type xm3600 | babel_imagenet | wds | embedded; [] -> eval.data only.
+    # with type xm3600 | babel_imagenet | wds | embedded | cvqa; [] -> eval.data only.
     suite: list[Any] = field(default_factory=list)
     # Several checkpoints side by side ([] -> eval.checkpoint); "label=url" names a column.
     checkpoints: list[str] = field(default_factory=list)
     bootstrap: int = 1000  # resamples for the 95% confidence intervals (seeded)
     seed: int = 0
+    # eval.data's image tower on a Ray Data actor pool of this many actors (a GPU each when
+    # the cluster has GPUs), for eval sets too big for the driver; 0 -> on the driver.
+    ray_actors: int = 0
 
 
 @dataclass

@@ -21,7 +21,6 @@ from worldclip.pipelines import world
 from worldclip.pipelines.evaluate.embed import class_embeddings
 from worldclip.pipelines.evaluate.evalsets import EvalSet, load_eval_set
 from worldclip.pipelines.evaluate.model import load_model
-from worldclip.pipelines.evaluate.ray_embed import evaluate_ray
 from worldclip.pipelines.evaluate.scoring import evaluate_model
 from worldclip.pipelines.evaluate.stage import run as run_eval
 from worldclip.pipelines.evaluate.templates import DEFAULT_TEMPLATES
@@ -222,8 +221,8 @@ def test_evaluate_ray_matches_evaluate_model(ray_session, released_dir, world_di
     for name in ("classnames.json", "templates.json"):
         (data / name).write_bytes((world_dir / "eval" / name).read_bytes())
     cfg = load_config([f"eval.checkpoint={released_dir}", f"eval.data={data}",
-                       f"eval.out={tmp_path}/eval", "eval.batch_size=8"])
-    summary = evaluate_ray(cfg, concurrency=2)
+                       f"eval.out={tmp_path}/eval", "eval.batch_size=8", "eval.ray_actors=2"])
+    summary = run_eval(cfg)  # `worldclip eval eval.ray_actors=2` -> evaluate_ray
     ray_metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     model, tok = load_model(str(released_dir))
     local = evaluate_model(model, tok, load_eval_set(str(data)), batch_size=8,

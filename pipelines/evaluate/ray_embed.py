@@ -1,6 +1,6 @@
-"""`evaluate_ray`: `worldclip eval` for large eval sets, with the image tower on a Ray Data
-actor pool and the text tower and scoring on the driver (the same functions as
-scoring.evaluate_model). No command reaches it; tests/test_evaluate.py pins that it gives
+"""`evaluate_ray`: `worldclip eval eval.ray_actors=N` for large eval sets, with the image
+tower on a Ray Data actor pool and the text tower and scoring on the driver (the same
+functions as scoring.evaluate_model). tests/test_evaluate.py pins that it gives
 evaluate_model's metrics."""
 
 from __future__ import annotations

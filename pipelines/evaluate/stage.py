@@ -58,6 +58,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     With eval.suite set, runs the benchmark suite instead (pipelines/evaluate/suite.py)."""
     if cfg.eval.get("suite"):
         return run_suite(cfg)
+    if int(cfg.eval.get("ray_actors", 0)) > 0:  # big eval sets: the image tower on Ray
+        from worldclip.pipelines.evaluate.ray_embed import evaluate_ray
+
+        return evaluate_ray(cfg, concurrency=int(cfg.eval.ray_actors))
     ckpt = checkpoint_url(cfg)
     model, tokenizer = load_model(ckpt)
     eval_set = load_eval_set(str(cfg.eval.data))

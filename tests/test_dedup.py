@@ -167,6 +167,9 @@ def test_planted_duplicates_and_eval_copies_dropped_nothing_else(tmp_path, ray_s
     matched = set(pq.read_table(layout.match_file(out, _sid(out, "shard-00900")))
                   .column("key").to_pylist())
     assert len(matched & set(planted)) >= 20, "planted captions should match"
+    # hash columns cover exactly the matched pairs: an unmatched copy never owns an image
+    sha = pq.read_table(dedup.hash_url(out, _sid(out, "shard-00900"), "sha256"))
+    assert set(sha.column("key").to_pylist()) == matched
     removed = _removed(out)
     # every planted copy that reached the match index is dropped with its reason ...
     assert {k: planted[k] for k in matched & set(planted)} == \

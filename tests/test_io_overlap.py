@@ -138,6 +138,17 @@ def _digests(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def _refused(cwd: Path, *argv: str) -> str:
+    """The installed `worldclip` from cwd: exit 2 and one line on stderr, which it returns."""
+    p = subprocess.run([str(WORLDCLIP), *argv], cwd=cwd, capture_output=True, text=True,
+                       timeout=120,
+                       env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": ""})
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+    return lines[0]
+
+
 def test_cli_balanced_out_over_raw_shards_refused(tmp_path: Path) -> None:
     """curation.input='DIR/shards/*.tar' curation.balanced_out=DIR: exit 2, nothing written,
     raw shards intact (it used to write curated shards over them and later delete them)."""
@@ -157,16 +168,10 @@ def test_cli_balanced_out_over_raw_shards_refused(tmp_path: Path) -> None:
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     for out_key in ("curation.balanced_out", "curation.out"):
-        p = subprocess.run(
-            [str(WORLDCLIP), "curate", f"curation.input={data}/shards/*.tar",
-             f"curation.metadata={data}/metadata", f"{out_key}={data}",
-             f"storage.root={tmp_path / 'root'}"],
-            cwd=cwd, capture_output=True, text=True, timeout=120,
-            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": ""})
-        lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
-        assert p.returncode == 2, p.stderr[-2000:]
-        assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
-        assert out_key in lines[0] and "curation.input" in lines[0]
+        line = _refused(cwd, "curate", f"curation.input={data}/shards/*.tar",
+                        f"curation.metadata={data}/metadata", f"{out_key}={data}",
+                        f"storage.root={tmp_path / 'root'}")
+        assert out_key in line and "curation.input" in line
         assert _digests(data) == before  # raw shards and metadata untouched, nothing added
         assert not (tmp_path / "root").exists() and list(cwd.iterdir()) == []
 
@@ -290,13 +295,7 @@ def test_cli_train_out_inside_the_raw_pool_refused(tmp_path: Path, ray_session) 
     before = _digests(Path(raw_dir))
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    p = subprocess.run(
-        [str(WORLDCLIP), "train", f"train.data={data}", f"train.out={raw_dir}/run",
-         f"storage.root={tmp_path / 'root'}"],
-        cwd=cwd, capture_output=True, text=True, timeout=120,
-        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": ""})
-    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
-    assert p.returncode == 2, p.stderr[-2000:]
-    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
-    assert "train.out" in lines[0] and "raw shard folder of train.data" in lines[0]
+    line = _refused(cwd, "train", f"train.data={data}", f"train.out={raw_dir}/run",
+                    f"storage.root={tmp_path / 'root'}")
+    assert "train.out" in line and "raw shard folder of train.data" in line
     assert _digests(Path(raw_dir)) == before and not (Path(raw_dir) / "run").exists()

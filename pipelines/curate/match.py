@@ -44,7 +44,7 @@ INDEX_SCHEMA = pa.schema([
 ])
 # Bump when a change to parsing, LID or matching changes what pass 1 writes for the same
 # inputs: every stored per-shard result made under another version is redone.
-MATCH_RULES_VERSION = 2
+MATCH_RULES_VERSION = 3  # 3: hash columns hold the matched pairs only
 
 
 @dataclass
@@ -182,9 +182,14 @@ def match_to_files(matcher: ShardMatcher, out: str, job: dict[str, Any], node: s
     stats.update(id=sid, identity=job["identity"], key=job["key"], node=node)
     write_parquet(layout.match_file(out, sid), matched)
     write_parquet(layout.counts_file(out, sid), counts)
+    # the matched pairs only: a pair without a match never enters the curation, so it may
+    # neither own an image (its matched copy would be dropped as the duplicate) nor cost a
+    # hash (docs/curation.md, "Deduplication and decontamination")
+    keys = set(matched.column("key").to_pylist())
+    rows = [r for r in parsed.records if r["key"] in keys]
     dedup.write_hash_columns(storage.join(layout.matches_dir(out), sid),
-                             [r["key"] for r in parsed.records],
-                             [r["image"] for r in parsed.records], matcher.s.hash_columns)
+                             [r["key"] for r in rows], [r["image"] for r in rows],
+                             matcher.s.hash_columns)
     parsed.records.clear()
     storage.write_json(layout.stats_file(out, sid), stats)  # last: marks the shard done
     return stats

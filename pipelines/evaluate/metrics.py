@@ -18,8 +18,8 @@ _QUERY_CHUNK = 2048  # queries scored at once: bounds the [Q, K] score matrix
 
 # ---------------------------------------------------------------------------- metrics
 
-def _expected_hits(scores: torch.Tensor, positive: torch.Tensor,
-                   ks: Sequence[int]) -> dict[int, torch.Tensor]:
+def expected_hits(scores: torch.Tensor, positive: torch.Tensor,
+                  ks: Sequence[int]) -> dict[int, torch.Tensor]:
     """Per query, the probability that a positive lands in the top k under random tie-breaking.
 
     rank = negatives scoring above the best positive; the negatives tied with it share its
@@ -58,7 +58,7 @@ def zero_shot(image_features: torch.Tensor, labels: torch.Tensor | np.ndarray,
                          f"embedding per class); got [{int(labels.min())}, {int(labels.max())}]")
     scores = image_features.float() @ class_emb.float().to(image_features.device).T
     positive = torch.nn.functional.one_hot(labels, num_classes).bool()
-    hits = _expected_hits(scores, positive, [min(k, num_classes) for k in ks])
+    hits = expected_hits(scores, positive, [min(k, num_classes) for k in ks])
     out: dict[str, Any] = {}
     for k in ks:
         h = hits[min(k, num_classes)]
@@ -91,8 +91,8 @@ def retrieval(image_features: torch.Tensor, text_features: torch.Tensor,
                          f"({n_img}, {n_txt}) = (images, texts)")
     scores = image_features.float() @ text_features.float().to(image_features.device).T
     positives = positives.to(torch.bool)
-    i2t = _expected_hits(scores, positives, [min(k, n_txt) for k in ks])
-    t2i = _expected_hits(scores.T, positives.T, [min(k, n_img) for k in ks])
+    i2t = expected_hits(scores, positives, [min(k, n_txt) for k in ks])
+    t2i = expected_hits(scores.T, positives.T, [min(k, n_img) for k in ks])
     out: dict[str, float] = {}
     for k in ks:
         out[f"i2t_r@{k}"] = float(i2t[min(k, n_txt)].double().mean())

@@ -33,7 +33,7 @@ from worldclip.pipelines.evaluate.embed import (
     default_device,
     embed_texts,
 )
-from worldclip.pipelines.evaluate.metrics import _expected_hits
+from worldclip.pipelines.evaluate.metrics import expected_hits
 from worldclip.pipelines.evaluate.model import checkpoint_url, load_model
 from worldclip.pipelines.evaluate.templates import FALLBACK_TEMPLATES
 from worldclip.pipelines.transforms import BadImage, eval_transform
@@ -149,7 +149,7 @@ def score_choices(model: Any, tokenizer: Any, bench: benchmarks.Benchmark, feats
         scores[owner, col] = sims
         positive = torch.zeros(len(qs), width, dtype=torch.bool)
         positive[torch.arange(len(qs)), torch.as_tensor(mc.labels[qs])] = True
-        hits = _expected_hits(scores, positive, [1])[1].double().numpy()
+        hits = expected_hits(scores, positive, [1])[1].double().numpy()
         metric = f"acc_{variant}"
         groups = np.array([mc.groups[q] for q in qs])
         for g in sorted(set(groups.tolist())):
@@ -177,7 +177,7 @@ def score_benchmark(model: Any, tokenizer: Any, bench: benchmarks.Benchmark, bat
                                bench.templates.get(lang) or FALLBACK_TEMPLATES, batch_size)
         scores = feats[rows].float() @ cls.float().T
         positive = torch.nn.functional.one_hot(labels, len(names)).bool()
-        hits = _expected_hits(scores, positive, sorted({min(k, len(names)) for k in (1, 5)}))
+        hits = expected_hits(scores, positive, sorted({min(k, len(names)) for k in (1, 5)}))
         for metric, k in zip(ZS_METRICS, (1, 5), strict=True):
             _record(langs, draws, bench.name, lang, metric,
                     hits[min(k, len(names))].double().numpy(), n_boot, seed)
@@ -193,8 +193,8 @@ def score_benchmark(model: Any, tokenizer: Any, bench: benchmarks.Benchmark, bat
             positives[r, t] = True
         text = embed_texts(model, tokenizer, list(unique), batch_size)
         scores = feats[torch.as_tensor(idx, device=feats.device)].float() @ text.float().T
-        i2t = _expected_hits(scores, positives, [min(k, len(unique)) for k in RET_KS])
-        t2i = _expected_hits(scores.T, positives.T, [min(k, len(idx)) for k in RET_KS])
+        i2t = expected_hits(scores, positives, [min(k, len(unique)) for k in RET_KS])
+        t2i = expected_hits(scores.T, positives.T, [min(k, len(idx)) for k in RET_KS])
         for d, hits, n in (("i2t", i2t, len(unique)), ("t2i", t2i, len(idx))):
             for k in RET_KS:
                 _record(langs, draws, bench.name, lang, f"{d}_r@{k}",

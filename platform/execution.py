@@ -84,8 +84,8 @@ def _no_budget_ramp(ds: Any) -> None:
     until the first one finishes -- with shard-sized tasks, pass 1 ran its first shards one
     at a time (4 one-second items at concurrency 2: 3.2 s instead of 2.2 s). Our blocks are a
     few hundred bytes of JSON; TaskPoolStrategy(size) still caps the tasks (the concurrency
-    cap policy). Another Ray without these names keeps its defaults; tests/test_execution.py
-    notices the lost overlap."""
+    cap policy). Another Ray without these names keeps its defaults, and tests/test_execution.py
+    (which checks the policy list) fails."""
     try:
         from ray.data._internal.execution.backpressure_policy import (
             ENABLED_BACKPRESSURE_POLICIES,
@@ -101,13 +101,26 @@ def _no_budget_ramp(ds: Any) -> None:
 # Ray Data's executor looks at its running tasks every 100 ms (Ray 2.60,
 # WAIT_FOR_TASK_COMPLETION_TIMEOUT_S), so a worker idles ~0.1 s between two tasks (measured
 # 112-144 ms on 2 cores): a quarter of pass 1 when a shard takes 0.4 s. With many items per
-# worker a task takes a few, keeping >= 4 tasks per worker for balance and a failure or a
-# progress step small.
-MAX_ITEMS_PER_TASK = 4
+# worker a task takes several, keeping >= TASKS_PER_WORKER tasks per worker (a slow shard
+# is not left alone at the end) and at most MAX_ITEMS_PER_TASK (a progress step stays small;
+# pass 1 marks each finished shard, so a failed task redoes only its unfinished items).
+MAX_ITEMS_PER_TASK = 8
+TASKS_PER_WORKER = 2
 
 
 def items_per_task(n: int, concurrency: int) -> int:
-    return max(1, min(MAX_ITEMS_PER_TASK, n // (4 * max(1, int(concurrency)))))
+    return max(1, min(MAX_ITEMS_PER_TASK, n // (TASKS_PER_WORKER * max(1, int(concurrency)))))
+
+
+def items_dataset(items: list[dict[str, Any]], per_task: int) -> Any:
+    """The items as a Ray Data dataset of JSON rows, `per_task` per block, without the
+    resource-budget ramp (_no_budget_ramp)."""
+    import ray
+
+    ds = ray.data.from_items([{"job": json.dumps(i)} for i in items],
+                             override_num_blocks=-(-len(items) // per_task))
+    _no_budget_ramp(ds)
+    return ds
 
 
 def map_items(items: list[dict[str, Any]], worker: type[ItemWorker],
@@ -121,13 +134,10 @@ def map_items(items: list[dict[str, Any]], worker: type[ItemWorker],
     if not items:
         return
     per_task = items_per_task(len(items), concurrency)
-    ds = ray.data.from_items([{"job": json.dumps(i)} for i in items],
-                             override_num_blocks=-(-len(items) // per_task))
-    _no_budget_ramp(ds)
-    ds = ds.map_batches(_run_batch, fn_args=(worker, ctor_args, worker.state_key(ctor_args)),
-                        batch_size=per_task, num_cpus=num_cpus,
-                        compute=ray.data.TaskPoolStrategy(
-                            size=max(1, min(int(concurrency), len(items)))))
+    ds = items_dataset(items, per_task).map_batches(
+        _run_batch, fn_args=(worker, ctor_args, worker.state_key(ctor_args)),
+        batch_size=per_task, num_cpus=num_cpus,
+        compute=ray.data.TaskPoolStrategy(size=max(1, min(int(concurrency), len(items)))))
     for row in ds.iter_rows():
         yield json.loads(row["result"])
 

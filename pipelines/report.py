@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import math
 import re
 from typing import Any
@@ -28,15 +30,50 @@ TAIL_LANGUAGES = 8
 CURATION_RC = {"text.hinting": "no_hinting"}
 
 
-def save_figure(fig: Any, url: str, tight: bool = True) -> None:
+def save_figure(fig: Any, url: str, tight: bool = True, inputs: str = "") -> None:
     """PNG of `fig` to `url` (local or S3). `tight=False` keeps the figure's own margins:
     bbox_inches="tight" draws the whole figure twice, once only to measure it, and the
-    curation plots, written on every curate and rebalance, set their margins themselves."""
+    curation plots, written on every curate and rebalance, set their margins themselves.
+    `inputs` (a digest of what was drawn) is kept in the PNG's text (`is_current`)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    if inputs:
+        info.add_text(INPUTS_KEY, inputs)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight" if tight else None,
-                pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
+                pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL, "pnginfo": info})
     plt.close(fig)
     storage.write_bytes(url, buf.getvalue())
+
+
+INPUTS_KEY = "worldclip-inputs"
+# Bump when a curation figure is drawn differently: every stored one is redrawn once.
+FIGURES_VERSION = 1
+
+
+def inputs_digest(*parts: Any) -> str:
+    """sha256 of what a figure is drawn from (arrays by their bytes, the rest as JSON)."""
+    h = hashlib.sha256(str(FIGURES_VERSION).encode())
+    for part in parts:
+        h.update(part.tobytes() if isinstance(part, np.ndarray)
+                 else json.dumps(part, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def is_current(url: str, inputs: str) -> bool:
+    """Whether `url` holds a figure drawn from `inputs` (the digest in its PNG text): a
+    rebalance then leaves it, e.g. the language bars of an online curation, which do not
+    depend on the thresholds (docs/curation.md, "Rebalance")."""
+    from PIL import Image
+
+    if not storage.exists(url):
+        return False
+    try:
+        with Image.open(io.BytesIO(storage.read_bytes(url))) as im:
+            return im.text.get(INPUTS_KEY) == inputs
+    except Exception:  # noqa: BLE001 -- unreadable: draw it again
+        return False
 
 
 def tail_ranks(n: int, points: int = TAIL_POINTS) -> np.ndarray:
@@ -240,7 +277,14 @@ def plot_curation(card: dict[str, Any], counts: dict[str, np.ndarray], threshold
     fixed places, plain-text log labels, fewer matplotlib Ticks (freeze_log_axis,
     category_ticks), bars as one collection per series, unhinted glyphs (CURATION_RC)."""
     urls = [storage.join(out, "languages.png"), storage.join(out, "long_tail.png")]
+    langs = {g: [v.get("pairs_in"), v.get("matched"), v.get("kept")]
+             for g, v in card["languages"].items()}
+    inputs = [inputs_digest("languages", langs),
+              inputs_digest("long_tail", *(counts[g] for g in sorted(counts)), sorted(counts),
+                            dict(sorted(thresholds.t_lang.items())))]
+    draw = (lambda: languages_figure(card), lambda: long_tail_figure(counts, thresholds))
     with matplotlib.rc_context(CURATION_RC):
-        save_figure(languages_figure(card), urls[0], tight=False)
-        save_figure(long_tail_figure(counts, thresholds), urls[1], tight=False)
+        for url, digest, figure in zip(urls, inputs, draw, strict=True):
+            if not is_current(url, digest):  # the same inputs draw the same figure
+                save_figure(figure(), url, tight=False, inputs=digest)
     return urls

@@ -247,3 +247,28 @@ def test_save_figure_tight_by_default(tmp_path) -> None:
     report.save_figure(fig, url)
     with Image.open(url) as im:
         assert im.format == "PNG" and im.size[0] > 4 * report.DPI  # grew to fit the label
+
+
+@pytest.mark.parametrize("online", [True, False])
+def test_a_figure_drawn_from_the_same_inputs_is_not_drawn_again(tmp_path, online) -> None:
+    import dataclasses
+
+    card, counts, thresholds = _inputs(languages=6, big=2, entries=5_000, online=online)
+    langs_png, tail_png = (tmp_path / "languages.png", tmp_path / "long_tail.png")
+    report.plot_curation(card, counts, thresholds, str(tmp_path))
+    first = {p: p.stat().st_mtime_ns for p in (langs_png, tail_png)}
+    report.plot_curation(card, counts, thresholds, str(tmp_path))  # the same inputs
+    assert {p: p.stat().st_mtime_ns for p in first} == first
+    # a rebalance: other thresholds (and, offline, other kept counts)
+    t_lang = {g: t * 2 for g, t in thresholds.t_lang.items()}
+    other = dataclasses.replace(thresholds, t_lang=t_lang)
+    if not online:
+        card = {**card, "languages": {g: {**v, "kept": (v["kept"] or 0) + 1}
+                                      for g, v in card["languages"].items()}}
+    report.plot_curation(card, counts, other, str(tmp_path))
+    assert tail_png.stat().st_mtime_ns != first[tail_png]  # redrawn
+    # online, the bars do not depend on the thresholds: the stored figure stays
+    assert (langs_png.stat().st_mtime_ns == first[langs_png]) is online
+    assert Image.open(tail_png).text[report.INPUTS_KEY] == report.inputs_digest(
+        "long_tail", *(counts[g] for g in sorted(counts)), sorted(counts),
+        dict(sorted(t_lang.items())))

@@ -142,13 +142,22 @@ def map_items(items: list[dict[str, Any]], worker: type[ItemWorker],
         yield json.loads(row["result"])
 
 
+def submit_tasks(fn: Callable[..., Any], chunks: list[Any], *args: Any,
+                 num_cpus: float = 1) -> list[Any]:
+    """fn(chunk, *args) for every chunk as Ray tasks, started: their ObjectRefs in chunk
+    order (the caller does other work meanwhile, then ray.get)."""
+    import ray
+
+    task = ray.remote(num_cpus=num_cpus)(fn)
+    return [task.remote(c, *args) for c in chunks]
+
+
 def run_tasks(fn: Callable[..., Any], chunks: list[Any], *args: Any,
               num_cpus: float = 1) -> list[Any]:
     """fn(chunk, *args) for every chunk as Ray tasks; results in chunk order."""
     import ray
 
-    task = ray.remote(num_cpus=num_cpus)(fn)
-    return ray.get([task.remote(c, *args) for c in chunks])
+    return ray.get(submit_tasks(fn, chunks, *args, num_cpus=num_cpus))
 
 
 def chunked(items: list[Any], size: int) -> list[list[Any]]:

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections import Counter, defaultdict
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 _PAIRWISE_BLOCK = 4_000_000  # pool x eval comparisons held at once (uint64: 32 MB)
 
@@ -30,55 +30,90 @@ def phash64(data: bytes) -> int | None:
         return None
 
 
-def _grey32(data: bytes) -> np.ndarray | None:
-    """32x32 grey thumbnail as imagehash.phash builds it (convert L, LANCZOS resize); JPEGs
-    are decoded by libjpeg-turbo at reduced scale straight to grey (simplejpeg): the hash
-    only sees 32x32, and PIL's open + full decode cost ~5x pass 1's work per pair."""
+def _grey32_pil(data: bytes, arr: np.ndarray | None = None) -> np.ndarray | None:
+    """32x32 grey thumbnail as imagehash.phash builds it (convert L, LANCZOS resize), from a
+    scaled libjpeg-turbo decode `arr` when there is one, else from PIL's own decode."""
     from PIL import Image
 
-    arr = None
-    if data[:3] == b"\xff\xd8\xff":
-        try:
-            import simplejpeg
-
-            arr = simplejpeg.decode_jpeg(data, colorspace="GRAY", min_height=_N,
-                                         min_width=_N)[:, :, 0]
-        except Exception:  # noqa: BLE001 -- progressive/CMYK/odd JPEGs: PIL below
-            arr = None
     try:
         if arr is None:
             with Image.open(io.BytesIO(data)) as im:
                 im.draft("L", (2 * _N, 2 * _N))
                 g = im.convert("L")
         else:
-            if arr.shape == (_N, _N):
-                return arr.astype(np.float64)
             g = Image.fromarray(np.ascontiguousarray(arr), "L")
-        return np.asarray(g.resize((_N, _N), Image.Resampling.LANCZOS), dtype=np.float64)
+        return np.asarray(g.resize((_N, _N), Image.Resampling.LANCZOS), dtype=np.uint8)
     except Exception:  # noqa: BLE001 -- undecodable: no perceptual hash
         return None
 
 
+def _thumbnails(images: list[bytes | None]) -> tuple[list[int], np.ndarray]:
+    """(rows that decode, their 32x32 grey thumbnails as one uint8 [n, 32, 32] array).
+
+    JPEGs are decoded by libjpeg-turbo at reduced scale straight to grey (simplejpeg's
+    DCT scaling): the hash only sees 32x32, and PIL's open + full decode cost ~5x pass 1's
+    work per pair. The decode is the whole per-image cost (a 2 KB JPEG: ~17 us, most of it
+    entropy decoding, the same at 1/2 or 1/8 scale), so the loop does nothing else: a decode
+    that lands on 32x32 (a 256-pixel image at 1/8, a 64-pixel one at 1/2) is the thumbnail
+    itself; other sizes, progressive/CMYK/odd JPEGs and other formats go through PIL."""
+    import simplejpeg
+
+    decode = simplejpeg.decode_jpeg
+    ok: list[int] = []
+    thumbs: list[np.ndarray] = []
+    for i, data in enumerate(images):
+        if not data:
+            continue
+        arr = None
+        if data[:3] == b"\xff\xd8\xff":
+            try:
+                arr = decode(data, colorspace="GRAY", min_height=_N, min_width=_N)
+            except Exception:  # noqa: BLE001 -- progressive/CMYK/odd JPEGs: PIL below
+                arr = None
+        if arr is not None and arr.shape[0] == _N and arr.shape[1] == _N:
+            thumbs.append(arr[:, :, 0])
+        else:
+            t = _grey32_pil(data, None if arr is None else arr[:, :, 0])
+            if t is None:
+                continue
+            thumbs.append(t)
+        ok.append(i)
+    if not thumbs:
+        return ok, np.zeros((0, _N, _N), dtype=np.uint8)
+    return ok, np.stack(thumbs)
+
+
+def phash_column(images: list[bytes | None]) -> pa.Array:
+    """imagehash.phash of many images at once, as a uint64 Arrow array (null: no image, or it
+    does not decode): the thumbnails' 2-D DCT-II as one batched matrix product (the same
+    numbers as imagehash's scipy dct on the same thumbnail, tested bit for bit), bits = low
+    frequencies above their median, row-major, first bit high."""
+    ok, thumbs = _thumbnails(images)
+    values = np.zeros(len(images), dtype=np.uint64)
+    valid = np.zeros(len(images), dtype=bool)
+    if ok:
+        valid[ok] = True
+        values[ok] = _phash_rows(thumbs)
+    return pa.array(values, pa.uint64(), mask=~valid)
+
+
 def phash_batch(images: list[bytes | None]) -> list[int | None]:
-    """imagehash.phash of many images at once: the thumbnails' 2-D DCT-II as one batched
-    matrix product (the same numbers as imagehash's scipy dct on the same thumbnail, tested
-    bit for bit), bits = low frequencies above their median, row-major, first bit high."""
-    thumbs = [_grey32(b) if b else None for b in images]
-    ok = [i for i, t in enumerate(thumbs) if t is not None]
-    out: list[int | None] = [None] * len(images)
-    if not ok:
-        return out
-    x = np.stack([thumbs[i] for i in ok])  # [n, 32 (m), 32 (j)]
+    """phash_column as Python ints (None: no hash)."""
+    return phash_column(images).to_pylist()
+
+
+def _phash_rows(thumbs: np.ndarray) -> np.ndarray:
+    """[n, 32, 32] uint8 thumbnails -> [n] uint64 phashes."""
+    n = len(thumbs)
+    x = thumbs.astype(np.float64)  # [n, 32 (m), 32 (j)]
     # low[k, l] = sum_mj C[k, m] x[m, j] C[l, j] for k, l < 8, as two plain 2-D BLAS
     # products (numpy's stacked matmul with a transposed operand loops in C, ~100x slower)
     c8 = np.ascontiguousarray(_DCT[:8])
-    a = (x.reshape(-1, _N) @ c8.T).reshape(len(ok), _N, 8)  # [n, m, l]
+    a = (x.reshape(-1, _N) @ c8.T).reshape(n, _N, 8)  # [n, m, l]
     b = (np.ascontiguousarray(a.transpose(0, 2, 1)).reshape(-1, _N) @ c8.T)  # [n*l, k]
-    low = b.reshape(len(ok), 8, 8).transpose(0, 2, 1).reshape(len(ok), 64)
+    low = b.reshape(n, 8, 8).transpose(0, 2, 1).reshape(n, 64)
     bits = low > np.median(low, axis=1, keepdims=True)
-    for i, row in zip(ok, np.packbits(bits, axis=1), strict=True):
-        out[i] = int.from_bytes(row.tobytes(), "big")
-    return out
+    return np.packbits(bits, axis=1).view(">u8").ravel().astype(np.uint64)  # first bit high
 
 
 def hash_table(keys: list[str], images: list[bytes | None], column: str) -> pa.Table:
@@ -88,7 +123,7 @@ def hash_table(keys: list[str], images: list[bytes | None], column: str) -> pa.T
         values = pa.array([hashlib.sha256(b).hexdigest() if b else None for b in images],
                           pa.string())
     else:
-        values = pa.array(phash_batch(images), pa.uint64())
+        values = phash_column(images)
     return pa.table({"key": pa.array(keys, pa.string()), column: values})
 
 
@@ -117,42 +152,42 @@ def hamming_matches(pool: np.ndarray, evals: np.ndarray, max_distance: int
 
 def exact_duplicates(table: pa.Table) -> pa.Table:
     """Rows (shard, key, sha256) -> the duplicate rows (shard, key, owner): every row of a
-    sha256 group but its smallest (shard, key)."""
+    sha256 group but its smallest (shard, key), owner = "<shard>/<key>" of that smallest.
+    Vectorized (Arrow sort, group starts by comparing neighbours): a reducer takes a million
+    rows."""
     if table.num_rows == 0:
         return pa.table({"shard": pa.array([], pa.string()), "key": pa.array([], pa.string()),
                          "owner": pa.array([], pa.string())})
     t = table.sort_by([("sha256", "ascending"), ("shard", "ascending"), ("key", "ascending")])
-    sha = t.column("sha256").to_pylist()
-    shard = t.column("shard").to_pylist()
-    key = t.column("key").to_pylist()
-    out_s, out_k, out_o = [], [], []
-    owner = ""
-    for i, h in enumerate(sha):
-        if i and h == sha[i - 1]:
-            out_s.append(shard[i])
-            out_k.append(key[i])
-            out_o.append(owner)
-        else:
-            owner = f"{shard[i]}/{key[i]}"
-    return pa.table({"shard": pa.array(out_s, pa.string()), "key": pa.array(out_k, pa.string()),
-                     "owner": pa.array(out_o, pa.string())})
+    sha = t.column("sha256").combine_chunks()
+    start = np.ones(t.num_rows, dtype=bool)
+    if t.num_rows > 1:
+        start[1:] = pc.not_equal(sha.slice(1), sha.slice(0, t.num_rows - 1)).to_numpy(
+            zero_copy_only=False)
+    first = np.maximum.accumulate(np.where(start, np.arange(t.num_rows), 0))
+    dup = np.flatnonzero(~start)
+    owner_rows = pa.array(first[dup])
+    owner = pc.binary_join_element_wise(t.column("shard").take(owner_rows),
+                                        t.column("key").take(owner_rows), "/")
+    rows = pa.array(dup)
+    return pa.table({"shard": t.column("shard").take(rows).combine_chunks(),
+                     "key": t.column("key").take(rows).combine_chunks(),
+                     "owner": owner.combine_chunks() if isinstance(owner, pa.ChunkedArray)
+                     else owner})
 
 
 def removed_counts(match: pa.Table, keys: set[str]) -> pa.Table:
     """Sparse counts (lang, entry_id, count) the rows `keys` added in pass 1: +1 per entry id
-    per text, exactly as ShardMatcher.match_shard counted them."""
-    cnt: dict[str, Counter] = defaultdict(Counter)
-    for k, langs, ids in zip(match.column("key").to_pylist(), match.column("langs").to_pylist(),
-                             match.column("entry_ids").to_pylist(), strict=True):
-        if k in keys:
-            for g, e in zip(langs, ids, strict=True):
-                cnt[g].update(e)
-    c_lang, c_id, c_n = [], [], []
-    for g, c in sorted(cnt.items()):
-        for e in sorted(c):
-            c_lang.append(g)
-            c_id.append(e)
-            c_n.append(c[e])
-    return pa.table({"lang": pa.array(c_lang, pa.string()),
-                     "entry_id": pa.array(c_id, pa.int32()),
-                     "count": pa.array(c_n, pa.uint64())})
+    per text, exactly as ShardMatcher.match_shard counted them. Vectorized: the removed rows
+    are filtered first, their (lang, entry id) pairs flattened and counted by group_by."""
+    m = match.filter(pc.is_in(match.column("key"), pa.array(sorted(keys), pa.string())))
+    langs = pc.list_flatten(m.column("langs"))  # one per text
+    ids = pc.list_flatten(m.column("entry_ids"))  # list<int32> per text
+    per_id_text = pc.list_parent_indices(ids)  # text of every entry id
+    flat = pa.table({"lang": langs.take(per_id_text),
+                     "entry_id": pc.list_flatten(ids).cast(pa.int32())})
+    c = flat.group_by(["lang", "entry_id"]).aggregate([("entry_id", "count")])
+    c = c.sort_by([("lang", "ascending"), ("entry_id", "ascending")])
+    return pa.table({"lang": c.column("lang").cast(pa.string()),
+                     "entry_id": c.column("entry_id").cast(pa.int32()),
+                     "count": c.column("entry_id_count").cast(pa.uint64())})

@@ -10,9 +10,14 @@ from worldclip.pipelines.dedup.hooks import matched_images
 
 
 def thumbnail_grid(out: str, examples: list[dict[str, Any]],
-                   samples: Mapping[str, Mapping[str, bytes]], size: int = 96) -> bytes:
-    """PNG: one row per example, pool image | eval image, with the distance."""
+                   samples: Mapping[str, Mapping[str, bytes]], size: int = 96,
+                   inputs: str = "") -> bytes:
+    """PNG: one row per example, pool image | eval image, with the distance; `inputs` (a
+    digest of what it shows) is kept in its text (pipelines/report.py `is_current`)."""
     from PIL import Image, ImageDraw
+    from PIL.PngImagePlugin import PngInfo
+
+    from worldclip.pipelines.report import INPUTS_KEY
 
     grid = Image.new("RGB", (2 * size + 250, len(examples) * (size + 4) + 4), "white")
     draw = ImageDraw.Draw(grid)
@@ -36,5 +41,8 @@ def thumbnail_grid(out: str, examples: list[dict[str, Any]],
                                      f"Hamming distance {ex['distance']}")):
             draw.text((2 * size + 16, y + size // 2 - 18 + 12 * line), text, fill="black")
     buf = io.BytesIO()
-    grid.save(buf, format="PNG")
+    info = PngInfo()
+    if inputs:
+        info.add_text(INPUTS_KEY, inputs)
+    grid.save(buf, format="PNG", pnginfo=info)
     return buf.getvalue()

@@ -12,12 +12,11 @@ import time
 from collections import Counter, defaultdict
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from omegaconf import DictConfig
 
-from worldclip.pipelines import layout
+from worldclip.pipelines import layout, report
 from worldclip.pipelines.arrowio import parquet_bytes, read_parquet
 from worldclip.pipelines.dedup.evalsets import eval_hashes, eval_specs
 from worldclip.pipelines.dedup.hashing import exact_duplicates, hamming_matches, removed_counts
@@ -30,7 +29,7 @@ from worldclip.pipelines.dedup.hooks import (
 from worldclip.pipelines.dedup.report import thumbnail_grid
 from worldclip.pipelines.dedup.tables import HIT_SCHEMA, REMOVED_SCHEMA
 from worldclip.platform import owned, storage
-from worldclip.platform.execution import ItemWorker, chunked, map_items, run_tasks
+from worldclip.platform.execution import ItemWorker, chunked, map_items, submit_tasks
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +62,9 @@ def _compare_task(names: list[str], out: str, evals: dict[str, Any], max_distanc
         valid = ph.filter(pc.is_valid(ph.column("phash")))
         rows, near, dist = hamming_matches(valid.column("phash").to_numpy(), evals["phash"],
                                            max_distance)
-        keys = valid.column("key").to_pylist()
-        hits = pa.table({"key": pa.array([keys[i] for i in rows], pa.string()),
-                         "eval_set": pa.array([evals["eval_set"][j] for j in near],
-                                              pa.string()),
-                         "eval_key": pa.array([evals["key"][j] for j in near], pa.string()),
+        hits = pa.table({"key": valid.column("key").take(pa.array(rows)),
+                         "eval_set": evals["eval_set"].take(pa.array(near)),
+                         "eval_key": evals["key"].take(pa.array(near)),
                          "distance": pa.array(dist, pa.int32())}, schema=HIT_SCHEMA)
         storage.write_bytes(storage.join(hits_dir, f"{name}.parquet"), parquet_bytes(hits))
 
@@ -83,10 +80,16 @@ def _partition_sha(urls: list[tuple[str, str]], parts: int) -> list[pa.Table] | 
     t = pa.concat_tables(tables) if tables else pa.table(
         {"key": pa.array([], pa.string()), "sha256": pa.array([], pa.string()),
          "shard": pa.array([], pa.string())})
-    bucket = np.array([int(h[:8], 16) % parts for h in t.column("sha256").to_pylist()],
-                      dtype=np.int64)
-    out = [t.filter(pa.array(bucket == p)) for p in range(parts)]
-    return out if parts > 1 else out[0]  # Ray: num_returns=1 is one object, not a list
+    if parts == 1:  # Ray: num_returns=1 is one object, not a list
+        return t
+    # bucket = first byte of the hex digest (0..255) mod parts, vectorized: the index of the
+    # two leading hex digits among "00".."ff"
+    head = pc.utf8_slice_codeunits(t.column("sha256"), 0, 2)
+    bucket = pc.index_in(head, _HEX_BYTES).to_numpy(zero_copy_only=False) % parts
+    return [t.filter(pa.array(bucket == p)) for p in range(parts)]
+
+
+_HEX_BYTES = pa.array([f"{i:02x}" for i in range(256)], pa.string())
 
 
 def _reduce_sha(*tables: pa.Table) -> pa.Table:
@@ -114,10 +117,12 @@ def reduce_parts(rows: int) -> int:
     return max(1, min(64, -(-int(rows) // ROWS_PER_REDUCER)))
 
 
-def resolve_exact(out: str, names: list[str], parts: int, shards_per_task: int = 32
-                  ) -> pa.Table:
-    """Global exact dedup over the hash columns of `names` with Ray tasks (hash-partitioned
-    map/reduce): -> (shard, key, owner) of every duplicate row."""
+def submit_resolve(out: str, names: list[str], parts: int, shards_per_task: int = 32
+                   ) -> list[Any]:
+    """Start the global exact dedup over the hash columns of `names` as Ray tasks
+    (hash-partitioned map/reduce) -> one ObjectRef per reducer, each of a table (shard, key,
+    owner) of duplicate rows. Returns at once: dedup.run compares with the eval sets
+    meanwhile."""
     import ray
 
     urls = [(n, hash_url(out, n, "sha256")) for n in names]
@@ -127,8 +132,15 @@ def resolve_exact(out: str, names: list[str], parts: int, shards_per_task: int =
     mapped = [mapper.remote(ch, parts) for ch in chunks]
     if parts == 1:
         mapped = [[m] for m in mapped]
-    dups = ray.get([reducer.remote(*[m[p] for m in mapped]) for p in range(parts)])
-    return pa.concat_tables(dups)
+    return [reducer.remote(*[m[p] for m in mapped]) for p in range(parts)]
+
+
+def resolve_exact(out: str, names: list[str], parts: int, shards_per_task: int = 32
+                  ) -> pa.Table:
+    """submit_resolve, waited for: (shard, key, owner) of every duplicate row."""
+    import ray
+
+    return pa.concat_tables(ray.get(submit_resolve(out, names, parts, shards_per_task)))
 
 
 def settings(cfg: DictConfig) -> dict[str, Any]:
@@ -155,10 +167,6 @@ def run(cfg: DictConfig, match_stats: list[dict[str, Any]]) -> dict[str, Any]:
     if not s["exact"] and not s["eval"]:
         storage.remove(storage.join(ddir, "state.json"))
         return {}
-    evals, samples = eval_hashes(s["eval"], storage.join(ddir, "eval_sets"))
-    digest = hashlib.sha256(json.dumps({"eval": s["eval"], "d": s["max_distance"]},
-                                       sort_keys=True).encode()).hexdigest()[:16]
-    hits_dir = storage.join(ddir, "eval", digest) if s["eval"] else ""
     columns = hash_columns(c)
     have = {col: {posixpath.basename(u)[: -len(f".{col}.parquet")] for u in storage.glob(
         storage.join(layout.matches_dir(out), f"*.{col}.parquet"))} for col in columns}
@@ -168,17 +176,25 @@ def run(cfg: DictConfig, match_stats: list[dict[str, Any]]) -> dict[str, Any]:
         for _ in map_items([{"shard": n} for n in to_hash], HashWorker, (out, columns),
                            int(c.concurrency)):
             pass
+    # the global exact resolution and the eval comparison are independent: both run at once
+    dup_refs = (submit_resolve(out, names, reduce_parts(
+        sum(int(m.get("pairs_in", 0)) for m in match_stats))) if s["exact"] and names else [])
+    evals, samples = eval_hashes(s["eval"], storage.join(ddir, "eval_sets"))
+    digest = hashlib.sha256(json.dumps({"eval": s["eval"], "d": s["max_distance"]},
+                                       sort_keys=True).encode()).hexdigest()[:16]
+    hits_dir = storage.join(ddir, "eval", digest) if s["eval"] else ""
     if hits_dir:
         done = {posixpath.basename(u)[: -len(".parquet")]
                 for u in storage.glob(storage.join(hits_dir, "*.parquet"))}
         todo = [n for n in names if n not in done]
         log.info("decontamination: %d shards to compare with %d eval images", len(todo),
                  evals.num_rows)
-        ev = ray.put({"key": evals.column("key").to_pylist(),
-                      "eval_set": evals.column("eval_set").to_pylist(),
+        ev = ray.put({"key": evals.column("key").combine_chunks(),
+                      "eval_set": evals.column("eval_set").combine_chunks(),
                       "phash": evals.column("phash").to_numpy()})
         step = max(1, -(-len(todo) // (2 * int(c.concurrency))))
-        run_tasks(_compare_task, chunked(todo, step), out, ev, s["max_distance"], hits_dir)
+        ray.get(submit_tasks(_compare_task, chunked(todo, step), out, ev, s["max_distance"],
+                             hits_dir))
     removed: dict[str, dict[str, tuple[str, str]]] = defaultdict(dict)
     by_set: Counter = Counter()
     examples: list[dict[str, Any]] = []
@@ -193,9 +209,8 @@ def run(cfg: DictConfig, match_stats: list[dict[str, Any]]) -> dict[str, Any]:
                     examples.append({"shard": n, "key": k, "eval_set": es, "eval_key": ek,
                                      "distance": d})
     n_dup = 0
-    if s["exact"] and names:
-        rows = sum(int(m.get("pairs_in", 0)) for m in match_stats)
-        dups = resolve_exact(out, names, reduce_parts(rows))
+    if dup_refs:
+        dups = pa.concat_tables(ray.get(dup_refs))
         for n, k, o in zip(*(dups.column(x).to_pylist() for x in ("shard", "key", "owner")),
                            strict=True):
             if k not in removed[n]:
@@ -209,7 +224,18 @@ def run(cfg: DictConfig, match_stats: list[dict[str, Any]]) -> dict[str, Any]:
                                        "detail": [rows[k][1] for k in keys]},
                                       schema=REMOVED_SCHEMA)))
     step = max(1, -(-len(items) // (2 * int(c.concurrency))))
-    run_tasks(_subtract_task, chunked(items, step), out)
+    subtracted = submit_tasks(_subtract_task, chunked(items, step), out)
+    if examples:  # drawn here while the subtraction tasks run
+        # redrawn only when what it shows changed (the examples, their shards' match keys,
+        # the eval sets): an incremental run with the same hits leaves it
+        grid = storage.join(ddir, "eval_duplicates.png")
+        key_of = {m["id"]: m.get("key") for m in match_stats}
+        inputs = report.inputs_digest(examples, s["eval"],
+                                      sorted({e["shard"]: key_of.get(e["shard"])
+                                              for e in examples}.items()))
+        if not report.is_current(grid, inputs):
+            storage.write_bytes(grid, thumbnail_grid(out, examples, samples, inputs=inputs))
+    ray.get(subtracted)
     state_digest = hashlib.sha256(json.dumps(
         {n: sorted(r.items()) for n, r in sorted(removed.items())}).encode()).hexdigest()[:16]
     summary = {"exact": s["exact"], "duplicate_image": n_dup,
@@ -218,9 +244,6 @@ def run(cfg: DictConfig, match_stats: list[dict[str, Any]]) -> dict[str, Any]:
                "eval_duplicate_by_set": {e["name"]: by_set.get(e["name"], 0)
                                          for e in s["eval"]},
                "examples": examples, "digest": state_digest}
-    if examples:
-        storage.write_bytes(storage.join(ddir, "eval_duplicates.png"),
-                            thumbnail_grid(out, examples, samples))
     storage.write_json(storage.join(ddir, "state.json"), summary)
     log.info("dedup: %d duplicate images, %d eval duplicates %s (%.1fs)", n_dup,
              summary["eval_duplicate"], dict(by_set), time.perf_counter() - started)

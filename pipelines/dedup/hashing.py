@@ -102,18 +102,25 @@ def phash_batch(images: list[bytes | None]) -> list[int | None]:
     return phash_column(images).to_pylist()
 
 
+_ROWS_CHUNK = 256  # thumbnails per DCT product: 2 MB of float64, in cache (~1.8x faster)
+
+
 def _phash_rows(thumbs: np.ndarray) -> np.ndarray:
     """[n, 32, 32] uint8 thumbnails -> [n] uint64 phashes."""
-    n = len(thumbs)
-    x = thumbs.astype(np.float64)  # [n, 32 (m), 32 (j)]
-    # low[k, l] = sum_mj C[k, m] x[m, j] C[l, j] for k, l < 8, as two plain 2-D BLAS
-    # products (numpy's stacked matmul with a transposed operand loops in C, ~100x slower)
-    c8 = np.ascontiguousarray(_DCT[:8])
-    a = (x.reshape(-1, _N) @ c8.T).reshape(n, _N, 8)  # [n, m, l]
-    b = (np.ascontiguousarray(a.transpose(0, 2, 1)).reshape(-1, _N) @ c8.T)  # [n*l, k]
-    low = b.reshape(n, 8, 8).transpose(0, 2, 1).reshape(n, 64)
-    bits = low > np.median(low, axis=1, keepdims=True)
-    return np.packbits(bits, axis=1).view(">u8").ravel().astype(np.uint64)  # first bit high
+    out = np.empty(len(thumbs), dtype=np.uint64)
+    c8t = np.ascontiguousarray(_DCT[:8].T)
+    for s in range(0, len(thumbs), _ROWS_CHUNK):
+        x = thumbs[s: s + _ROWS_CHUNK].astype(np.float64)  # [n, 32 (m), 32 (j)]
+        n = len(x)
+        # low[k, l] = sum_mj C[k, m] x[m, j] C[l, j] for k, l < 8, as two plain 2-D BLAS
+        # products (numpy's stacked matmul with a transposed operand loops in C, ~100x
+        # slower)
+        a = (x.reshape(-1, _N) @ c8t).reshape(n, _N, 8)  # [n, m, l]
+        b = np.ascontiguousarray(a.transpose(0, 2, 1)).reshape(-1, _N) @ c8t  # [n*l, k]
+        low = b.reshape(n, 8, 8).transpose(0, 2, 1).reshape(n, 64)
+        bits = low > np.median(low, axis=1, keepdims=True)
+        out[s: s + n] = np.packbits(bits, axis=1).view(">u8").ravel()  # first bit high
+    return out
 
 
 def hash_table(keys: list[str], images: list[bytes | None], column: str) -> pa.Table:

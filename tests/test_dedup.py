@@ -48,6 +48,46 @@ def test_hamming_matches_and_removed_counts():
                     strict=True)) == [("de", 5, 1), ("en", 1, 1), ("en", 2, 1)]
 
 
+def test_vectorized_resolution_and_counts_equal_their_definition():
+    """exact_duplicates and removed_counts (Arrow, vectorized) against the plain loops that
+    define them, on random tables with ties, empty groups and chunked columns."""
+    from collections import Counter
+
+    rng = np.random.default_rng(3)
+    s = pa.string()
+    for _ in range(200):
+        n = int(rng.integers(0, 30))
+        t = pa.table({"shard": pa.array([str(x) for x in rng.choice(list("abc"), n)], s),
+                      "key": pa.array([f"k{x}" for x in rng.integers(0, 9, n)], s),
+                      "sha256": pa.array([str(x) for x in rng.choice(list("wxyz"), n)], s)})
+        if n > 1:
+            t = pa.concat_tables([t.slice(0, n // 2), t.slice(n // 2)])
+        want, owner, prev = [], "", None
+        rows = sorted(zip(t.column("sha256").to_pylist(), t.column("shard").to_pylist(),
+                          t.column("key").to_pylist()))
+        for h, sh, k in rows:
+            if h == prev:
+                want.append({"shard": sh, "key": k, "owner": owner})
+            else:
+                owner, prev = f"{sh}/{k}", h
+        assert dedup.exact_duplicates(t).to_pylist() == want
+
+        keys = [f"r{i}" for i in range(n)]
+        langs = [[str(g) for g in rng.choice(["en", "de", "fr"], int(rng.integers(0, 3)))]
+                 for _ in range(n)]
+        ids = [[[int(e) for e in rng.integers(0, 6, int(rng.integers(0, 3)))] for _ in row]
+               for row in langs]
+        m = pa.table({"key": pa.array(keys, s), "langs": pa.array(langs, pa.list_(s)),
+                      "entry_ids": pa.array(ids, pa.list_(pa.list_(pa.int32())))})
+        gone = {k for k in keys if rng.random() < 0.5} | {"not-in-table"}
+        cnt = Counter((g, e) for k, row_l, row_i in zip(keys, langs, ids, strict=True)
+                      if k in gone for g, e_list in zip(row_l, row_i, strict=True)
+                      for e in e_list)
+        got = dedup.removed_counts(m, gone)
+        assert list(zip(*(got.column(c).to_pylist() for c in ("lang", "entry_id", "count")),
+                        strict=True)) == [(g, e, c) for (g, e), c in sorted(cnt.items())]
+
+
 def test_batched_phash_is_imagehash_phash():
     rng = np.random.default_rng(1)
     jpegs = [photo_jpeg(rng, size=s) for s in (32, 64, 200, 333)]
@@ -197,6 +237,8 @@ def test_planted_duplicates_and_eval_copies_dropped_nothing_else(tmp_path, ray_s
     # incremental: a new shard with one more copy; old shards are not hashed again
     sha_file = dedup.hash_url(out, _sid(out, "shard-00000"), "sha256")
     before = os.path.getmtime(storage.strip_scheme(sha_file))
+    grid = storage.strip_scheme(storage.join(out, "dedup", "eval_duplicates.png"))
+    grid_before = os.path.getmtime(grid)
     _write_tar(os.path.join(os.path.dirname(storage.strip_scheme(raw[0])), "shard-00901.tar"),
                [("late_copy", {"jpg": donors[0][1]["jpg"],
                                "json": _meta(donors[0][1], "late_copy")})])
@@ -207,6 +249,8 @@ def test_planted_duplicates_and_eval_copies_dropped_nothing_else(tmp_path, ray_s
         assert removed2["late_copy"] == "duplicate_image"
     assert {k: v for k, v in removed2.items() if k != "late_copy"} == removed
     assert os.path.getmtime(storage.strip_scheme(sha_file)) == before
+    # the same eval hits: the thumbnail grid is not drawn again
+    assert os.path.getmtime(grid) == grid_before
 
     # the global resolution does not depend on how many reduce tasks share it
     names = sorted(storage.read_json(layout.manifest_file(out))["shards"])

@@ -252,6 +252,13 @@ def test_planted_duplicates_and_eval_copies_dropped_nothing_else(tmp_path, ray_s
     # the same eval hits: the thumbnail grid is not drawn again
     assert os.path.getmtime(grid) == grid_before
 
+    # the eval set rewritten in place (same URL, other images): hashed and compared again,
+    # so its old copies are no longer removed
+    write_xm3600(xm, [photo_jpeg(rng) for _ in range(5)],
+                 {"en": [["a photo"]] * 5, "de": [["ein Foto"]] * 5})
+    curate.run(cfg)
+    assert "eval_duplicate" not in set(_removed(out).values())
+
     # the global resolution does not depend on how many reduce tasks share it
     names = sorted(storage.read_json(layout.manifest_file(out))["shards"])
     one, three = (dedup.resolve_exact(out, names, p) for p in (1, 3))

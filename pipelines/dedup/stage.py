@@ -30,6 +30,7 @@ from worldclip.pipelines.dedup.report import thumbnail_grid
 from worldclip.pipelines.dedup.tables import HIT_SCHEMA, REMOVED_SCHEMA
 from worldclip.platform import owned, storage
 from worldclip.platform.execution import ItemWorker, chunked, map_items, submit_tasks
+from worldclip.platform.ranges import identity
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +145,20 @@ def resolve_exact(out: str, names: list[str], parts: int, shards_per_task: int =
 
 
 def settings(cfg: DictConfig) -> dict[str, Any]:
+    """What the removals depend on. Each eval set carries the identity of its files (sizes and
+    ETags/mtimes, one listing): an eval set rewritten in place at the same URL is hashed and
+    compared again, not served from the cache (docs/curation.md, "Deduplication")."""
     c = cfg.curation
-    return {"exact": bool(c.dedup), "eval": eval_specs(c),
+    return {"exact": bool(c.dedup),
+            "eval": [{**e, "identity": _identity(e["url"])} for e in eval_specs(c)],
             "max_distance": int(c.decontaminate_hamming)}
+
+
+def _identity(url: str) -> dict[str, Any] | None:
+    try:
+        return identity(url)
+    except FileNotFoundError:  # the loader names the missing eval set and the fix
+        return None
 
 
 def run(cfg: DictConfig, match_stats: list[dict[str, Any]]) -> dict[str, Any]:

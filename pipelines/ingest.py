@@ -164,8 +164,16 @@ def redraw(rows: list[dict[str, Any]], mode: str, seed: int, epoch: int
 
 
 def file_order(files: tuple[str, ...], seed: int, epoch: int) -> list[str]:
-    """The epoch's file order (seeded shuffle, identical on every worker)."""
-    h = balancing.key_hash([posixpath.basename(f) for f in files])
+    """The epoch's file order (seeded shuffle, identical on every worker), keyed by the
+    files' portable names (no URL hash: the same order wherever the pool and the curation
+    live), a name that repeats (x.tar in two folders) numbered in input order."""
+    seen: dict[str, int] = {}
+    names = []
+    for f in files:
+        n = layout.portable_name(f)
+        names.append(f"{n}#{seen.get(n, 0)}" if n in seen else n)
+        seen[n] = seen.get(n, 0) + 1
+    h = balancing.key_hash(names)
     u = balancing.uniform(seed, epoch, h, 7)
     return [files[i] for i in np.argsort(u, kind="stable")]
 

@@ -27,6 +27,8 @@ A shard's id is its file name (without extension) plus a hash of its full URL: t
 from __future__ import annotations
 
 import hashlib
+import posixpath
+import re
 
 from worldclip.pipelines.shards import shard_name
 from worldclip.platform import storage
@@ -40,6 +42,16 @@ def shard_id(url: str) -> str:
     """<name>.<10 hex of sha1(url)>: ids end in the hash, so no id plus one of the suffixes
     below equals another id plus another suffix."""
     return f"{shard_name(url)}.{hashlib.sha1(url.encode('utf-8')).hexdigest()[:10]}"
+
+
+_ID_HASH = re.compile(r"\.[0-9a-f]{10}(?=(-\d+)?\.[^./]+$)")
+
+
+def portable_name(url: str) -> str:
+    """A curated file's name without the URL hash of its shard id (<name>.<hash>[-00001].ext
+    -> <name>[-00001].ext): the same wherever the pool lives, so the training order seeded by
+    it does not change when the data moves or is curated again under another path."""
+    return _ID_HASH.sub("", posixpath.basename(url), count=1)
 
 
 def matches_dir(out: str) -> str:

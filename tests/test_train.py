@@ -41,6 +41,28 @@ def test_epoch_plan_is_deterministic_and_disjoint():
     assert ingest.file_order(files, 0, 1) != ingest.file_order(files, 0, 2)
 
 
+def test_epoch_plan_does_not_depend_on_where_the_pool_lives():
+    """Curated files are named by shard ids that hash the raw shard's full URL; the order is
+    keyed without that hash, so a pool curated under another root (a fresh clone, another
+    bucket) trains in the same order. Same-named shards of two folders stay distinct."""
+    from worldclip.pipelines import layout
+
+    def curated(root: str) -> tuple[str, ...]:
+        raw = [f"{root}/crawl{c}/{i:05d}.tar" for c in (1, 2) for i in range(6)]
+        return tuple(layout.match_file(f"{root}/out", layout.shard_id(u)) for u in raw)
+
+    here, there = curated("/tmp/clone-a/data"), curated("s3://bucket/pool")
+    assert here != there
+    for epoch in (0, 1):
+        order = [layout.portable_name(f) for f in ingest.file_order(here, 3, epoch)]
+        assert order == [layout.portable_name(f) for f in ingest.file_order(there, 3, epoch)]
+        assert sorted(order) == sorted(layout.portable_name(f) for f in here)
+    # the two crawls' 00000 are shuffled apart, not tied side by side in every epoch
+    pos = [[i for i, f in enumerate(ingest.file_order(here, 3, e))
+            if layout.portable_name(f) == "00000.parquet"] for e in range(8)]
+    assert any(abs(a - b) > 1 for a, b in pos)
+
+
 def test_online_redraw_changes_with_epoch_and_is_reproducible():
     rows = [{"key": f"k{i}", "image": b"", "texts": ["a", "b"], "entry_ids": [[1], [2]],
              "text_probs": [0.5, 0.5]} for i in range(400)]

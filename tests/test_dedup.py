@@ -34,6 +34,18 @@ def test_exact_duplicates_keep_smallest_shard_key():
     got = sorted(zip(d.column("shard").to_pylist(), d.column("key").to_pylist(),
                      d.column("owner").to_pylist(), strict=True))
     assert got == [("b", "k1", "a/k9"), ("c", "k0", "a/k9")]
+    # shard ids hash the raw shard's URL; copies are ordered by the shard's path below the
+    # inputs' folder, so the same copy is kept wherever the pool lives -- also between two
+    # crawls' 00000.tar with the same keys (img2dataset numbers every crawl from 0)
+    kept = set()
+    for root in ("/tmp/a", "s3://bucket/pool/deeper"):
+        urls = [f"{root}/crawl{c}/{n}.tar" for c in (2, 1) for n in ("00001", "00000")]
+        rel = layout.relative_names(urls)
+        t = pa.table({"shard": [layout.shard_id(u) for u in urls], "key": ["k"] * 4,
+                      "sha256": ["x"] * 4, "name": [rel[u] for u in urls]})
+        (owner,) = set(dedup.exact_duplicates(t).column("owner").to_pylist())
+        kept.add(next(rel[u] for u in urls if layout.shard_id(u) == owner.split("/")[0]))
+    assert kept == {"crawl1/00000.tar"}
 
 
 def test_hamming_matches_and_removed_counts():

@@ -18,9 +18,10 @@ Steps (each distributed and resumable like pass 1):
              <digest> names the eval sets + distance, so a new list re-compares from the stored
              phashes without decoding the pool again; a shard with its file is skipped.
   resolve    exact duplicates, GLOBALLY: Ray tasks read the sha256 column of chunks of shards
-             and hash-partition it; one reduce task per partition sorts (sha256, shard, key)
-             and marks every row after the first of its group `duplicate_image` (keep = the
-             smallest (shard name, key): deterministic, the same on every run). Rows hit by an
+             and hash-partition it; one reduce task per partition sorts (sha256, shard
+             path below the inputs' common folder, key, shard id) and marks every row after
+             the first of its group `duplicate_image` (keep = the smallest (path, key):
+             deterministic, the same on every run and wherever the pool lives). Rows hit by an
              eval image are `eval_duplicate` (precedence: every copy of a test image goes).
   subtract   per shard with removals, a Ray task reads (key, langs, entry_ids) of the removed
              rows and writes the counts they had contributed:

@@ -158,14 +158,19 @@ def hamming_matches(pool: np.ndarray, evals: np.ndarray, max_distance: int
 
 
 def exact_duplicates(table: pa.Table) -> pa.Table:
-    """Rows (shard, key, sha256) -> the duplicate rows (shard, key, owner): every row of a
-    sha256 group but its smallest (shard, key), owner = "<shard>/<key>" of that smallest.
+    """Rows (shard, key, sha256[, name]) -> the duplicate rows (shard, key, owner): every row
+    of a sha256 group but its first by (name, key, shard), owner = "<shard>/<key>" of that
+    first. `name` is a location-free name of the shard (its path below the inputs' common
+    folder, layout.relative_names), so the kept copy is the same wherever the pool lives;
+    without it, (shard id, key) orders.
     Vectorized (Arrow sort, group starts by comparing neighbours): a reducer takes a million
     rows."""
     if table.num_rows == 0:
         return pa.table({"shard": pa.array([], pa.string()), "key": pa.array([], pa.string()),
                          "owner": pa.array([], pa.string())})
-    t = table.sort_by([("sha256", "ascending"), ("shard", "ascending"), ("key", "ascending")])
+    name = "name" if "name" in table.column_names else "shard"
+    t = table.sort_by([("sha256", "ascending"), (name, "ascending"), ("key", "ascending"),
+                       ("shard", "ascending")])
     sha = t.column("sha256").combine_chunks()
     start = np.ones(t.num_rows, dtype=bool)
     if t.num_rows > 1:

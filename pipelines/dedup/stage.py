@@ -70,17 +70,19 @@ def _compare_task(names: list[str], out: str, evals: dict[str, Any], max_distanc
         storage.write_bytes(storage.join(hits_dir, f"{name}.parquet"), parquet_bytes(hits))
 
 
-def _partition_sha(urls: list[tuple[str, str]], parts: int) -> list[pa.Table] | pa.Table:
-    """Map side of the global resolution: (shard, key, sha256) of some shards, split by
+def _partition_sha(urls: list[tuple[str, str, str]], parts: int) -> list[pa.Table] | pa.Table:
+    """Map side of the global resolution: (shard, key, sha256, name) of some shards -- `name`
+    the shard's path below the inputs' common folder, which orders the copies -- split by
     sha256 prefix into `parts` tables (reads the hash columns only, no image bytes)."""
     tables = []
-    for name, url in urls:
+    for sid, url, name in urls:
         t = read_parquet(url, ["key", "sha256"])
         t = t.filter(pc.is_valid(t.column("sha256")))
-        tables.append(t.append_column("shard", pa.array([name] * t.num_rows, pa.string())))
+        t = t.append_column("shard", pa.array([sid] * t.num_rows, pa.string()))
+        tables.append(t.append_column("name", pa.array([name] * t.num_rows, pa.string())))
     t = pa.concat_tables(tables) if tables else pa.table(
         {"key": pa.array([], pa.string()), "sha256": pa.array([], pa.string()),
-         "shard": pa.array([], pa.string())})
+         "shard": pa.array([], pa.string()), "name": pa.array([], pa.string())})
     if parts == 1:  # Ray: num_returns=1 is one object, not a list
         return t
     # bucket = first byte of the hex digest (0..255) mod parts, vectorized: the index of the
@@ -118,15 +120,18 @@ def reduce_parts(rows: int) -> int:
     return max(1, min(64, -(-int(rows) // ROWS_PER_REDUCER)))
 
 
-def submit_resolve(out: str, names: list[str], parts: int, shards_per_task: int = 32
-                   ) -> list[Any]:
+def submit_resolve(out: str, names: list[str], parts: int, shards_per_task: int = 32,
+                   order: dict[str, str] | None = None) -> list[Any]:
     """Start the global exact dedup over the hash columns of `names` as Ray tasks
     (hash-partitioned map/reduce) -> one ObjectRef per reducer, each of a table (shard, key,
-    owner) of duplicate rows. Returns at once: dedup.run compares with the eval sets
+    owner) of duplicate rows. `order`: shard id -> the name that orders copies (default: the
+    id without its URL hash). Returns at once: dedup.run compares with the eval sets
     meanwhile."""
     import ray
 
-    urls = [(n, hash_url(out, n, "sha256")) for n in names]
+    order = order or {}
+    urls = [(n, hash_url(out, n, "sha256"), order.get(n) or layout.portable_id(n))
+            for n in names]
     chunks = [urls[i: i + shards_per_task] for i in range(0, len(urls), shards_per_task)]
     mapper = ray.remote(num_cpus=1, num_returns=parts)(_partition_sha)
     reducer = ray.remote(num_cpus=1)(_reduce_sha)
@@ -136,12 +141,13 @@ def submit_resolve(out: str, names: list[str], parts: int, shards_per_task: int 
     return [reducer.remote(*[m[p] for m in mapped]) for p in range(parts)]
 
 
-def resolve_exact(out: str, names: list[str], parts: int, shards_per_task: int = 32
-                  ) -> pa.Table:
+def resolve_exact(out: str, names: list[str], parts: int, shards_per_task: int = 32,
+                  order: dict[str, str] | None = None) -> pa.Table:
     """submit_resolve, waited for: (shard, key, owner) of every duplicate row."""
     import ray
 
-    return pa.concat_tables(ray.get(submit_resolve(out, names, parts, shards_per_task)))
+    return pa.concat_tables(ray.get(submit_resolve(out, names, parts, shards_per_task,
+                                                   order)))
 
 
 def settings(cfg: DictConfig) -> dict[str, Any]:
@@ -189,8 +195,10 @@ def run(cfg: DictConfig, match_stats: list[dict[str, Any]]) -> dict[str, Any]:
                            int(c.concurrency)):
             pass
     # the global exact resolution and the eval comparison are independent: both run at once
+    rel = layout.relative_names([m["shard"] for m in match_stats])
     dup_refs = (submit_resolve(out, names, reduce_parts(
-        sum(int(m.get("pairs_in", 0)) for m in match_stats))) if s["exact"] and names else [])
+        sum(int(m.get("pairs_in", 0)) for m in match_stats)),
+        order={m["id"]: rel[m["shard"]] for m in match_stats}) if s["exact"] and names else [])
     evals, samples = eval_hashes(s["eval"], storage.join(ddir, "eval_sets"))
     digest = hashlib.sha256(json.dumps({"eval": s["eval"], "d": s["max_distance"]},
                                        sort_keys=True).encode()).hexdigest()[:16]

@@ -73,6 +73,7 @@ def train_tokenizer(
         show_progress=False,
     )
     tok.train_from_iterator((t for t in texts if t), trainer=trainer)
+    tok.model = _canonical_unigram(tok)
     ids = [tok.token_to_id(t) for t in SPECIAL_TOKENS]
     if ids != [0, 1, 2, 3]:  # the trainer places special tokens first; guard the contract
         raise RuntimeError(f"unigram trainer put special tokens {SPECIAL_TOKENS} at ids {ids}")
@@ -93,6 +94,46 @@ def train_tokenizer(
     if out_dir is not None:
         tokenizer.save_pretrained(str(out_dir))
     return tokenizer
+
+
+SCORE_DECIMALS = 6
+_REQUIRED_CHAR_STEP = 1e-4  # tokenizers' unigram trainer: min_score_penalty_delta
+
+
+def _canonical_unigram(tok: Any) -> Any:
+    """The trained unigram model with its pieces in a canonical order and canonical scores.
+
+    The `tokenizers` trainer iterates Rust hash maps seeded per process, so the same
+    captions gave the same pieces in another order (other ids), with scores differing in the
+    last bits (summation order), and with the characters it adds so every character can be
+    encoded ("required chars") scored min_score - k * 1e-4 in hash order. The demo's
+    tokenizer, and every number trained on it, changed from run to run. Here: special tokens
+    first (ids 0-3); each run of such required characters gets its lowest score (they are
+    distinct single characters: none competes with another for a span); scores rounded to
+    SCORE_DECIMALS; then pieces sorted by score, then by piece (tests/test_tokenizer.py
+    trains in two processes and compares the files)."""
+    import json
+
+    from tokenizers import models
+
+    vocab = json.loads(tok.to_str())["model"]["vocab"]
+    special = sorted(((p, float(s)) for p, s in vocab if p in SPECIAL_TOKENS),
+                     key=lambda x: SPECIAL_TOKENS.index(x[0]))
+    rest = sorted(((p, float(s)) for p, s in vocab if p not in SPECIAL_TOKENS),
+                  key=lambda x: -x[1])
+    i = 0
+    while i < len(rest):
+        j = i
+        while (j + 1 < len(rest) and len(rest[j][0]) == 1 and len(rest[j + 1][0]) == 1
+               and abs(rest[j][1] - rest[j + 1][1] - _REQUIRED_CHAR_STEP) < 1e-7):
+            j += 1
+        if j > i:  # a run of single characters spaced exactly by the step
+            low = rest[j][1]
+            rest[i: j + 1] = [(p, low) for p, _ in rest[i: j + 1]]
+        i = j + 1
+    rest = sorted(((p, round(s, SCORE_DECIMALS)) for p, s in rest), key=lambda x: (-x[1], x[0]))
+    return models.Unigram(special + rest, unk_id=SPECIAL_TOKENS.index("<unk>"),
+                          byte_fallback=False)
 
 
 def tokenize(

@@ -131,3 +131,23 @@ def test_check_tokenizer_against_config(trained):
 def test_one_eos_per_row_property(trained, texts, length):
     tokenizer, _ = trained
     _check_rows(tokenize(tokenizer, texts, context_length=length), length=length)
+
+
+def test_training_is_the_same_in_every_process(tmp_path):
+    """The `tokenizers` trainer iterates hash maps seeded per process; the saved tokenizer
+    must not depend on that (the demo's numbers changed from run to run because of it).
+    Two fresh interpreters train on the same captions and write byte-identical files."""
+    import subprocess
+    import sys
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(CORPUS * 20), encoding="utf-8")
+    code = ("import sys; from worldclip.models.tokenizer import train_tokenizer; "
+            "texts = open(sys.argv[1], encoding='utf-8').read().splitlines(); "
+            "train_tokenizer(texts, vocab_size=400, out_dir=sys.argv[2])")
+    files = []
+    for run in ("a", "b", "c"):
+        subprocess.run([sys.executable, "-c", code, str(corpus), str(tmp_path / run)],
+                       check=True)
+        files.append((tmp_path / run / "tokenizer.json").read_bytes())
+    assert files[0] == files[1] == files[2]

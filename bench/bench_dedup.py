@@ -157,6 +157,12 @@ def main() -> None:
         print(f"(b) Ray, median of {args.repeats}: pass 1 {match_s:.2f}s; pass 1 with hash "
               f"columns {hashed_s:.2f}s; "
               f"dedup.run {dedup_s:.2f}s -> cost {cost:.2f}s = {cost / match_s:.2f}x pass 1")
+        # each repeat's own pair (pass 1, then the same with hashing, back to back): the
+        # spread of the end-to-end ratio on a noisy machine
+        paired = sorted((h - m + d) / m for m, h, d in zip(times["match"], times["hashed"],
+                                                         times["dedup"], strict=True))
+        print(f"    per repeat (paired): {' '.join(f'{x:.2f}' for x in paired)}x, median "
+              f"{statistics.median(paired):.2f}x")
         print(f"\nduplicate_image: {summary['duplicate_image']}, eval_duplicate: "
               f"{summary['eval_duplicate']} of {matched} matched images")
         hits = [pq.read_table(f).column("distance").to_pylist()

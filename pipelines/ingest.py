@@ -171,8 +171,8 @@ def file_order(files: tuple[str, ...], seed: int, epoch: int) -> list[str]:
     names = []
     for f in files:
         n = layout.portable_name(f)
-        names.append(f"{n}#{seen.get(n, 0)}" if n in seen else n)
-        seen[n] = seen.get(n, 0) + 1
+        k = seen[n] = seen.get(n, -1) + 1
+        names.append(f"{n}#{k}" if k else n)
     h = balancing.key_hash(names)
     u = balancing.uniform(seed, epoch, h, 7)
     return [files[i] for i in np.argsort(u, kind="stable")]

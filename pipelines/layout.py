@@ -54,11 +54,6 @@ def portable_name(url: str) -> str:
     return _ID_HASH.sub("", posixpath.basename(url), count=1)
 
 
-def portable_id(sid: str) -> str:
-    """A shard id without its URL hash (<name>.<hash> -> <name>): see portable_name."""
-    return re.sub(r"\.[0-9a-f]{10}$", "", sid)
-
-
 def relative_names(urls: list[str]) -> dict[str, str]:
     """url -> its path below the inputs' common folder (crawl1/00000.tar): what orders shards
     that must be ordered the same wherever the pool lives (two crawls' 00000.tar apart)."""

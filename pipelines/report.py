@@ -35,14 +35,10 @@ def save_figure(fig: Any, url: str, tight: bool = True, inputs: str = "") -> Non
     bbox_inches="tight" draws the whole figure twice, once only to measure it, and the
     curation plots, written on every curate and rebalance, set their margins themselves.
     `inputs` (a digest of what was drawn) is kept in the PNG's text (`is_current`)."""
-    from PIL.PngImagePlugin import PngInfo
-
-    info = PngInfo()
-    if inputs:
-        info.add_text(INPUTS_KEY, inputs)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight" if tight else None,
-                pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL, "pnginfo": info})
+                pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL,
+                            "pnginfo": png_info(inputs)})
     plt.close(fig)
     storage.write_bytes(url, buf.getvalue())
 
@@ -50,6 +46,16 @@ def save_figure(fig: Any, url: str, tight: bool = True, inputs: str = "") -> Non
 INPUTS_KEY = "worldclip-inputs"
 # Bump when a curation figure is drawn differently: every stored one is redrawn once.
 FIGURES_VERSION = 1
+
+
+def png_info(inputs: str) -> Any:
+    """PNG text chunks holding `inputs` (the digest `is_current` compares), if any."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    if inputs:
+        info.add_text(INPUTS_KEY, inputs)
+    return info
 
 
 def inputs_digest(*parts: Any) -> str:

@@ -182,10 +182,8 @@ def exact_duplicates(table: pa.Table) -> pa.Table:
     owner = pc.binary_join_element_wise(t.column("shard").take(owner_rows),
                                         t.column("key").take(owner_rows), "/")
     rows = pa.array(dup)
-    return pa.table({"shard": t.column("shard").take(rows).combine_chunks(),
-                     "key": t.column("key").take(rows).combine_chunks(),
-                     "owner": owner.combine_chunks() if isinstance(owner, pa.ChunkedArray)
-                     else owner})
+    return pa.table({"shard": t.column("shard").take(rows), "key": t.column("key").take(rows),
+                     "owner": owner})
 
 
 def removed_counts(match: pa.Table, keys: set[str]) -> pa.Table:

@@ -15,9 +15,8 @@ def thumbnail_grid(out: str, examples: list[dict[str, Any]],
     """PNG: one row per example, pool image | eval image, with the distance; `inputs` (a
     digest of what it shows) is kept in its text (pipelines/report.py `is_current`)."""
     from PIL import Image, ImageDraw
-    from PIL.PngImagePlugin import PngInfo
 
-    from worldclip.pipelines.report import INPUTS_KEY
+    from worldclip.pipelines.report import png_info
 
     grid = Image.new("RGB", (2 * size + 250, len(examples) * (size + 4) + 4), "white")
     draw = ImageDraw.Draw(grid)
@@ -41,8 +40,5 @@ def thumbnail_grid(out: str, examples: list[dict[str, Any]],
                                      f"Hamming distance {ex['distance']}")):
             draw.text((2 * size + 16, y + size // 2 - 18 + 12 * line), text, fill="black")
     buf = io.BytesIO()
-    info = PngInfo()
-    if inputs:
-        info.add_text(INPUTS_KEY, inputs)
-    grid.save(buf, format="PNG", pnginfo=info)
+    grid.save(buf, format="PNG", pnginfo=png_info(inputs))
     return buf.getvalue()

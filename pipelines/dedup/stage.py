@@ -70,6 +70,9 @@ def _compare_task(names: list[str], out: str, evals: dict[str, Any], max_distanc
         storage.write_bytes(storage.join(hits_dir, f"{name}.parquet"), parquet_bytes(hits))
 
 
+_HEX_BYTES = pa.array([f"{i:02x}" for i in range(256)], pa.string())
+
+
 def _partition_sha(urls: list[tuple[str, str, str]], parts: int) -> list[pa.Table] | pa.Table:
     """Map side of the global resolution: (shard, key, sha256, name) of some shards -- `name`
     the shard's path below the inputs' common folder, which orders the copies -- split by
@@ -90,9 +93,6 @@ def _partition_sha(urls: list[tuple[str, str, str]], parts: int) -> list[pa.Tabl
     head = pc.utf8_slice_codeunits(t.column("sha256"), 0, 2)
     bucket = pc.index_in(head, _HEX_BYTES).to_numpy(zero_copy_only=False) % parts
     return [t.filter(pa.array(bucket == p)) for p in range(parts)]
-
-
-_HEX_BYTES = pa.array([f"{i:02x}" for i in range(256)], pa.string())
 
 
 def _reduce_sha(*tables: pa.Table) -> pa.Table:
@@ -125,13 +125,12 @@ def submit_resolve(out: str, names: list[str], parts: int, shards_per_task: int 
     """Start the global exact dedup over the hash columns of `names` as Ray tasks
     (hash-partitioned map/reduce) -> one ObjectRef per reducer, each of a table (shard, key,
     owner) of duplicate rows. `order`: shard id -> the name that orders copies (default: the
-    id without its URL hash). Returns at once: dedup.run compares with the eval sets
+    id). Returns at once: dedup.run compares with the eval sets
     meanwhile."""
     import ray
 
     order = order or {}
-    urls = [(n, hash_url(out, n, "sha256"), order.get(n) or layout.portable_id(n))
-            for n in names]
+    urls = [(n, hash_url(out, n, "sha256"), order.get(n, n)) for n in names]
     chunks = [urls[i: i + shards_per_task] for i in range(0, len(urls), shards_per_task)]
     mapper = ray.remote(num_cpus=1, num_returns=parts)(_partition_sha)
     reducer = ray.remote(num_cpus=1)(_reduce_sha)
